@@ -1,0 +1,145 @@
+//! The CLI's client commands: they talk to a running broker's API at `--url` / `SWITCHYARD_URL`
+//! with `SWITCHYARD_TOKEN` as the bearer token.
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+/// A client for one broker.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`).
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            http: reqwest::Client::builder().build()?,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<(String, String)>, bytes::Bytes)> {
+        let resp = r.send().await.with_context(|| format!("cannot reach the broker at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let headers =
+            resp.headers().iter().filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned()))).collect();
+        Ok((status, headers, resp.bytes().await?))
+    }
+
+    async fn json(&self, r: reqwest::RequestBuilder) -> Result<Value> {
+        let (status, _, body) = self.send(r).await?;
+        let v: Value =
+            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+        if !(200..300).contains(&status) {
+            let msg = v.pointer("/error/message").and_then(Value::as_str).map_or_else(|| v.to_string(), str::to_owned);
+            bail!("broker answered {status}: {msg}");
+        }
+        Ok(v)
+    }
+
+    /// `switchyard invoke`: prints the function's response body; fails on a failed invocation.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or the invocation failed.
+    pub async fn invoke(&self, name: &str, data: Option<String>) -> Result<()> {
+        let mut r = self.req(reqwest::Method::POST, &format!("/api/v1/functions/invoke/{name}"));
+        if let Some(d) = data {
+            let text = match d.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("--data @{path}"))?,
+                None => d,
+            };
+            serde_json::from_str::<Value>(&text).context("--data is not valid JSON")?;
+            r = r.header("content-type", "application/json").body(text);
+        }
+        let (status, headers, body) = self.send(r).await?;
+        let record = headers.iter().find(|(k, _)| k == "x-switchyard-record-id").map(|(_, v)| v.clone());
+        println!("{}", String::from_utf8_lossy(&body));
+        if let Some(id) = record {
+            eprintln!("status {status}, record {id}");
+        }
+        if !(200..300).contains(&status) {
+            bail!("invocation failed with status {status}");
+        }
+        Ok(())
+    }
+
+    /// `switchyard events list`.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses the query.
+    pub async fn events_list(&self, query: &[(&str, String)], json: bool) -> Result<()> {
+        let v = self.json(self.req(reqwest::Method::GET, "/api/v3/events").query(query)).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        println!(
+            "{:<36}  {:<8}  {:<16}  {:<16}  {:>3}  {:<24}  EVENT",
+            "RECORD", "STATUS", "FUNCTION", "TRIGGER", "ATT", "RECEIVED"
+        );
+        for r in &items {
+            let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+            println!(
+                "{:<36}  {:<8}  {:<16}  {:<16}  {:>3}  {:<24}  {} ({})",
+                s("id"),
+                s("status"),
+                s("function"),
+                s("trigger"),
+                r.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+                s("received_at").chars().take(24).collect::<String>(),
+                s("event_id"),
+                s("event_type"),
+            );
+        }
+        if let Some(next) = v.get("next_cursor").and_then(Value::as_str) {
+            eprintln!("more: --cursor {next}");
+        }
+        Ok(())
+    }
+
+    /// `switchyard events get ID`: the whole record as JSON.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or has no such record.
+    pub async fn events_get(&self, id: &str) -> Result<()> {
+        let v = self.json(self.req(reqwest::Method::GET, &format!("/api/v3/events/{id}"))).await?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    }
+
+    /// `switchyard functions list`.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached.
+    pub async fn functions_list(&self) -> Result<()> {
+        let v = self.json(self.req(reqwest::Method::GET, "/api/v1/functions")).await?;
+        println!("{:<20}  {:<8}  {:>9}  {:>9}  TARGET", "NAME", "RUNTIME", "MAX_CONC", "IN_FLIGHT");
+        for f in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+            let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+            let target = f.get("url").or_else(|| f.get("handler")).and_then(Value::as_str).unwrap_or("-");
+            println!(
+                "{:<20}  {:<8}  {:>9}  {:>9}  {target}",
+                s("name"),
+                s("runtime"),
+                f.get("max_concurrency").and_then(Value::as_u64).unwrap_or(0),
+                f.get("in_flight").and_then(Value::as_u64).unwrap_or(0),
+            );
+        }
+        Ok(())
+    }
+}

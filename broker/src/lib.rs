@@ -1,0 +1,6 @@
+//! The Switchyard broker: the HTTP API, the wiring of store, dispatcher and sources, and the CLI's
+//! client commands. The binary `switchyard` is a thin `main.rs` over this library.
+
+pub mod api;
+pub mod app;
+pub mod client;

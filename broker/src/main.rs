@@ -1,0 +1,220 @@
+//! `switchyard`: serve the broker, validate a configuration, and talk to a running broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard_broker::{app, client::Client};
+use switchyard_schemas::Config;
+
+/// Exit code for bad configuration or usage (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Event-driven trigger broker and dispatcher for serverless functions")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// The broker's URL.
+    #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token for the API.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// Configuration file.
+        #[arg(short, long, default_value = "switchyard.yaml")]
+        config: PathBuf,
+        /// Allow a non-loopback bind address without API tokens.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Check a configuration file and exit (0 valid, 64 invalid).
+    Validate {
+        /// Configuration file.
+        #[arg(short, long, default_value = "switchyard.yaml")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of the configuration file.
+    Schema,
+    /// Invoke a function synchronously and print its response.
+    Invoke {
+        /// The function.
+        name: String,
+        /// The event data: JSON text, or @FILE.
+        #[arg(long)]
+        data: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Look at event records.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Look at functions.
+    Functions {
+        #[command(subcommand)]
+        command: FunctionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// List records, newest first.
+    List {
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only this status (PENDING, SUCCESS, FAILURE).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this CloudEvent type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only records received since (RFC 3339 time or a duration like 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one record.
+    Get {
+        /// Record id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum FunctionsCommand {
+    /// List functions.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("switchyard: invalid configuration: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let result = match cli.command {
+        Command::Serve { config, insecure } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match app::start(config, insecure, app::shutdown_signal()).await {
+                Ok(running) => {
+                    running.wait().await;
+                    Ok(())
+                }
+                Err(app::StartError::Usage(msg)) => {
+                    eprintln!("switchyard: {msg}");
+                    return ExitCode::from(EX_USAGE);
+                }
+                Err(app::StartError::Other(msg)) => Err(anyhow::anyhow!(msg)),
+            }
+        }
+        Command::Validate { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} functions, {} triggers)",
+                    config.display(),
+                    c.functions.len(),
+                    c.triggers.len()
+                );
+                Ok(())
+            }
+            Err(code) => return code,
+        },
+        Command::Schema => {
+            print!("{}", switchyard_schemas::config::json_schema());
+            Ok(())
+        }
+        Command::Invoke { name, data, remote } => match Client::new(&remote.url, remote.token) {
+            Ok(c) => c.invoke(&name, data).await,
+            Err(e) => Err(e),
+        },
+        Command::Events { command } => match command {
+            EventsCommand::List { function, status, event_type, since, limit, cursor, json, remote } => {
+                let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+                let opts = [
+                    ("function", function),
+                    ("status", status),
+                    ("type", event_type),
+                    ("since", since),
+                    ("cursor", cursor),
+                ];
+                q.extend(opts.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+                match Client::new(&remote.url, remote.token) {
+                    Ok(c) => c.events_list(&q, json).await,
+                    Err(e) => Err(e),
+                }
+            }
+            EventsCommand::Get { id, remote } => match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.events_get(&id).await,
+                Err(e) => Err(e),
+            },
+        },
+        Command::Functions { command: FunctionsCommand::List { remote } } => {
+            match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.functions_list().await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

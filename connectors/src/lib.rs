@@ -1,0 +1,166 @@
+//! The contract between message sources and the dispatcher: a [`Source`] turns messages into
+//! [`Delivery`]s, each carrying an [`Ack`] that resolves to an [`Outcome`] only once every invocation
+//! the message caused is terminal and its record is durable. No connectors exist yet; the HTTP
+//! ingress in the broker uses the same contract.
+
+use std::fmt;
+
+use switchyard_schemas::CloudEvent;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What became of a delivery, reported to its source through the [`Ack`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every matched invocation is terminal and recorded. `failed` of them ended in FAILURE
+    /// (dead-lettered); the source may now ack/commit the message.
+    Completed {
+        /// Invocations made (one per matched trigger).
+        invocations: usize,
+        /// Those that ended in FAILURE and were dead-lettered.
+        failed: usize,
+    },
+    /// No trigger matched the event; it was counted and can be acked.
+    Unmatched,
+    /// The broker shut down before the invocations became terminal: do NOT ack; the message must be
+    /// redelivered.
+    Abandoned,
+}
+
+impl Outcome {
+    /// Whether the source may ack/commit the message.
+    pub const fn may_ack(&self) -> bool {
+        !matches!(self, Self::Abandoned)
+    }
+}
+
+/// The receiving half of an ack: the source awaits it before acking the message.
+#[derive(Debug)]
+pub struct AckReceiver(oneshot::Receiver<Outcome>);
+
+impl AckReceiver {
+    /// Waits for the outcome. A dispatcher that dropped the delivery without resolving it yields
+    /// [`Outcome::Abandoned`], so a message is never acked by accident.
+    pub async fn outcome(self) -> Outcome {
+        self.0.await.unwrap_or(Outcome::Abandoned)
+    }
+}
+
+/// The dispatcher's half: resolved exactly once.
+#[derive(Debug)]
+pub struct Ack(Option<oneshot::Sender<Outcome>>);
+
+impl Ack {
+    /// A connected ack pair.
+    pub fn pair() -> (Self, AckReceiver) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Some(tx)), AckReceiver(rx))
+    }
+
+    /// An ack nobody waits for (fire-and-forget ingress).
+    pub const fn detached() -> Self {
+        Self(None)
+    }
+
+    /// Resolves the ack. Later calls do nothing.
+    pub fn resolve(&mut self, outcome: Outcome) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// One message from a source, normalised to a CloudEvent.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event.
+    pub event: CloudEvent,
+    /// Resolved when the message may be acked (or must not be).
+    pub ack: Ack,
+}
+
+impl Delivery {
+    /// A delivery and the receiver its source awaits.
+    pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
+        let (ack, rx) = Ack::pair();
+        (Self { event, ack }, rx)
+    }
+}
+
+/// What a source is given to run: where deliveries go, and when to stop.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Deliveries go here; the channel is bounded, so a full dispatcher slows the source down.
+    pub deliveries: mpsc::Sender<Delivery>,
+    /// Cancelled at shutdown: stop taking messages, wait for in-flight acks, commit, return.
+    pub shutdown: CancellationToken,
+    /// The source's name from the configuration.
+    pub name: String,
+}
+
+/// Why a source stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source could not connect or lost its connection for good.
+    #[error("source {source_name}: connection failed: {message}")]
+    Connection {
+        /// The source's name.
+        source_name: String,
+        /// What happened.
+        message: String,
+    },
+    /// The dispatcher is gone (the broker is shutting down).
+    #[error("source {source_name}: dispatcher closed")]
+    DispatcherClosed {
+        /// The source's name.
+        source_name: String,
+    },
+}
+
+impl SourceError {
+    /// Whether running the source again may help.
+    pub const fn retry_hint(&self) -> bool {
+        matches!(self, Self::Connection { .. })
+    }
+}
+
+/// A message source.
+#[async_trait::async_trait]
+pub trait Source: Send + 'static {
+    /// Consumes messages until `ctx.shutdown` is cancelled, then drains and returns.
+    ///
+    /// # Errors
+    /// [`SourceError`] when the source cannot go on.
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Completed { invocations, failed } => {
+                write!(f, "completed ({invocations} invocations, {failed} failed)")
+            }
+            Self::Unmatched => f.write_str("unmatched"),
+            Self::Abandoned => f.write_str("abandoned"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ack_resolves_once_and_dropped_ack_means_abandoned() {
+        let (mut ack, rx) = Ack::pair();
+        ack.resolve(Outcome::Unmatched);
+        ack.resolve(Outcome::Completed { invocations: 1, failed: 0 });
+        assert_eq!(rx.outcome().await, Outcome::Unmatched);
+
+        let (ack, rx) = Ack::pair();
+        drop(ack);
+        let outcome = rx.outcome().await;
+        assert_eq!(outcome, Outcome::Abandoned);
+        assert!(!outcome.may_ack());
+    }
+}

@@ -1,0 +1,527 @@
+//! The dispatcher: admission (bounded queue per function), fan-out to matched triggers, the
+//! invocation task that writes PENDING then the terminal record, and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use switchyard_connectors::{Delivery, Outcome};
+use switchyard_schemas::config::{Config, DeliveryPolicy, FunctionConfig, RecordsConfig, TriggerConfig};
+use switchyard_schemas::record::Captured;
+use switchyard_schemas::{CloudEvent, ErrorKind, EventRecord, ExtensionValue, Status};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::records::{RecordStore, RecordWriter, WriteError};
+use crate::router;
+use crate::runtime::{self, DeployError, Invocation, InvokeError, Progress, Response, Runtime};
+use crate::stack::{self, FunctionService};
+
+/// Why an event was not taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DispatchError {
+    /// The function's queue is full: try again after `retry_after`.
+    #[error("function {function} is saturated (max_concurrency and queue full)")]
+    Saturated {
+        /// The function.
+        function: String,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// No such function.
+    #[error("no function named {0:?}")]
+    UnknownFunction(String),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The record could not be made durable.
+    #[error(transparent)]
+    Record(#[from] WriteError),
+}
+
+/// The outcome of a synchronous invocation.
+#[derive(Debug)]
+pub struct InvokeResult {
+    /// The terminal record (durable).
+    pub record: EventRecord,
+    /// The function's response, or why it failed.
+    pub response: Result<Response, InvokeError>,
+}
+
+/// Counters since start.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    /// Events taken for routing.
+    pub received: AtomicU64,
+    /// Events no trigger matched.
+    pub unmatched: AtomicU64,
+    /// Events refused because a function was saturated.
+    pub saturated: AtomicU64,
+}
+
+/// A function as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionInfo {
+    /// Its configuration.
+    #[serde(flatten)]
+    pub config: FunctionConfig,
+    /// Invocations admitted and not yet finished (running or queued).
+    pub in_flight: usize,
+}
+
+struct FunctionEntry {
+    config: FunctionConfig,
+    runtime: Arc<dyn Runtime>,
+    service: FunctionService,
+    admission: Arc<Semaphore>,
+}
+
+impl FunctionEntry {
+    fn capacity(&self) -> usize {
+        self.config.max_concurrency + self.config.queue_size
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    functions: BTreeMap<String, Arc<FunctionEntry>>,
+    triggers: Vec<Arc<TriggerConfig>>,
+}
+
+struct Inner {
+    registry: RwLock<Registry>,
+    writer: RecordWriter,
+    store: RecordStore,
+    http: reqwest::Client,
+    records: RecordsConfig,
+    tracker: TaskTracker,
+    abandon: CancellationToken,
+    closing: AtomicBool,
+    stats: Stats,
+}
+
+/// The dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+type Matched = Vec<(Arc<TriggerConfig>, Arc<FunctionEntry>)>;
+
+impl Dispatcher {
+    /// Deploys every function of `config` and starts the records writer on `store`.
+    ///
+    /// # Errors
+    /// [`DeployError`] for the first function that cannot run.
+    pub async fn start(config: &Config, store: RecordStore) -> Result<Self, DeployError> {
+        let http = runtime::http::client()
+            .map_err(|e| DeployError { function: "(http client)".to_owned(), message: e.to_string() })?;
+        let (writer, _task) = RecordWriter::spawn(store.clone());
+        let mut registry = Registry::default();
+        for f in &config.functions {
+            registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
+        }
+        registry.triggers = config.triggers.iter().cloned().map(Arc::new).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(registry),
+                writer,
+                store,
+                http,
+                records: config.records.clone(),
+                tracker: TaskTracker::new(),
+                abandon: CancellationToken::new(),
+                closing: AtomicBool::new(false),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// The records store.
+    pub fn store(&self) -> &RecordStore {
+        &self.inner.store
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
+    }
+
+    fn route(&self, event: &CloudEvent) -> Matched {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.triggers
+            .iter()
+            .filter(|t| router::matches_all(&t.filters, event))
+            .filter_map(|t| reg.functions.get(&t.function).map(|f| (Arc::clone(t), Arc::clone(f))))
+            .collect()
+    }
+
+    /// Takes a delivery if every function it goes to has room, else refuses it at once (the HTTP
+    /// ingress answers 429). An event no trigger matches is counted and its ack resolved `Unmatched`.
+    ///
+    /// # Errors
+    /// [`DispatchError::Saturated`] naming the full function, or `ShuttingDown`.
+    pub fn try_dispatch(&self, delivery: Delivery) -> Result<(), DispatchError> {
+        if self.is_closing() {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let matched = self.route(&delivery.event);
+        let mut permits = Vec::with_capacity(matched.len());
+        for (_, f) in &matched {
+            match Arc::clone(&f.admission).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => {
+                    self.inner.stats.saturated.fetch_add(1, Ordering::Relaxed);
+                    return Err(DispatchError::Saturated {
+                        function: f.config.name.clone(),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+            }
+        }
+        self.spawn_delivery(delivery, matched, permits);
+        Ok(())
+    }
+
+    /// Takes a delivery, waiting for room in each function's queue (backpressure for sources).
+    ///
+    /// # Errors
+    /// `ShuttingDown`.
+    pub async fn dispatch(&self, delivery: Delivery) -> Result<(), DispatchError> {
+        if self.is_closing() {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let matched = self.route(&delivery.event);
+        let mut permits = Vec::with_capacity(matched.len());
+        for (_, f) in &matched {
+            let permit = tokio::select! {
+                p = Arc::clone(&f.admission).acquire_owned() => p.map_err(|_| DispatchError::ShuttingDown)?,
+                () = self.inner.abandon.cancelled() => return Err(DispatchError::ShuttingDown),
+            };
+            permits.push(permit);
+        }
+        self.spawn_delivery(delivery, matched, permits);
+        Ok(())
+    }
+
+    fn spawn_delivery(&self, mut delivery: Delivery, matched: Matched, permits: Vec<OwnedSemaphorePermit>) {
+        self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+        if matched.is_empty() {
+            self.inner.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(event_id = %delivery.event.id, event_type = %delivery.event.ty, "no trigger matched");
+            delivery.ack.resolve(Outcome::Unmatched);
+            return;
+        }
+        let this = self.clone();
+        let span = tracing::debug_span!("delivery", event_id = %delivery.event.id, triggers = matched.len());
+        self.inner.tracker.spawn(
+            async move {
+                let event = Arc::new(delivery.event);
+                let received_at = Utc::now();
+                let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
+                    let this = this.clone();
+                    let event = Arc::clone(&event);
+                    async move {
+                        let r = this.run(&function, &trigger.name, &trigger.delivery, event, received_at).await;
+                        drop(permit);
+                        r
+                    }
+                });
+                let results = futures::future::join_all(runs).await;
+                let invocations = results.len();
+                let mut failed = 0;
+                let mut abandoned = false;
+                for r in &results {
+                    match r {
+                        Ok(res) if res.record.status == Status::Failure => {
+                            failed += 1;
+                            abandoned |= res.record.error_kind == Some(ErrorKind::Shutdown);
+                        }
+                        Ok(_) => {}
+                        Err(_) => abandoned = true,
+                    }
+                }
+                delivery.ack.resolve(if abandoned {
+                    Outcome::Abandoned
+                } else {
+                    Outcome::Completed { invocations, failed }
+                });
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Invokes a function directly (no trigger, no retries) and waits for its terminal record.
+    ///
+    /// # Errors
+    /// `UnknownFunction`, `Saturated`, `ShuttingDown`, or `Record` when the record could not be written.
+    pub async fn invoke(&self, function: &str, event: CloudEvent) -> Result<InvokeResult, DispatchError> {
+        if self.is_closing() {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let entry = {
+            let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            reg.functions.get(function).cloned()
+        }
+        .ok_or_else(|| DispatchError::UnknownFunction(function.to_owned()))?;
+        let permit = Arc::clone(&entry.admission).try_acquire_owned().map_err(|_| {
+            self.inner.stats.saturated.fetch_add(1, Ordering::Relaxed);
+            DispatchError::Saturated { function: function.to_owned(), retry_after: Duration::from_secs(1) }
+        })?;
+        self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        let policy = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
+        let span = tracing::debug_span!("invoke", function = %function, event_id = %event.id);
+        // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
+        let handle = self.inner.tracker.spawn(
+            async move {
+                let r = this.run(&entry, "invoke", &policy, Arc::new(event), Utc::now()).await;
+                drop(permit);
+                r
+            }
+            .instrument(span),
+        );
+        handle.await.map_err(|_| DispatchError::ShuttingDown)?
+    }
+
+    /// One invocation: PENDING record, the stack, the terminal record (awaited until durable).
+    async fn run(
+        &self,
+        function: &FunctionEntry,
+        trigger: &str,
+        policy: &DeliveryPolicy,
+        event: Arc<CloudEvent>,
+        received_at: chrono::DateTime<Utc>,
+    ) -> Result<InvokeResult, DispatchError> {
+        let caps = &self.inner.records;
+        let trace_id = trace_id_of(&event);
+        let mut record = EventRecord {
+            id: Uuid::now_v7(),
+            event_id: event.id.clone(),
+            event_source: event.source.clone(),
+            event_type: event.ty.clone(),
+            event_subject: event.subject.clone(),
+            trigger: trigger.to_owned(),
+            function: function.config.name.clone(),
+            status: Status::Pending,
+            attempts: 0,
+            received_at,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            request: Captured::new(&event.to_json_vec(), caps.capture_bytes),
+            response_status: None,
+            response: None,
+            error_kind: None,
+            error_message: None,
+            dead_lettered: false,
+            trace_id: Some(trace_id.clone()),
+            logs: None,
+        };
+        self.inner.writer.queue(record.clone()).await?;
+        let progress = Arc::new(Progress::default());
+        let invocation = Invocation {
+            event,
+            function: Arc::from(function.config.name.as_str()),
+            trigger: Arc::from(trigger),
+            record_id: record.id,
+            attempt: 0,
+            attempt_timeout: policy.attempt_timeout.unwrap_or(function.config.timeout),
+            deadline: None,
+            traceparent: format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1),
+            progress: Arc::clone(&progress),
+        };
+        let svc = stack::with_retry(function.service.clone(), policy);
+        let response = tokio::select! {
+            r = svc.oneshot(invocation) => r,
+            () = self.inner.abandon.cancelled() => Err(InvokeError::shutdown()),
+        };
+        let finished = Utc::now();
+        record.attempts = progress.attempts();
+        record.started_at = progress.started();
+        record.finished_at = Some(finished);
+        record.duration_ms = Some((finished - received_at).num_milliseconds());
+        match &response {
+            Ok(r) => {
+                record.status = Status::Success;
+                record.response_status = Some(r.status);
+                record.response = Some(Captured::new(&r.body, caps.capture_bytes));
+                record.logs = non_empty(&r.logs, caps.log_bytes);
+            }
+            Err(e) => {
+                record.status = Status::Failure;
+                record.error_kind = Some(e.kind);
+                record.error_message = Some(e.message.clone());
+                record.response_status = e.status;
+                record.response = e.body.as_ref().map(|b| Captured::new(b, caps.capture_bytes));
+                record.logs = non_empty(&e.logs, caps.log_bytes);
+                record.dead_lettered = e.kind != ErrorKind::Shutdown;
+                tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
+            }
+        }
+        self.inner.writer.write(record.clone()).await?;
+        Ok(InvokeResult { record, response })
+    }
+
+    /// The functions, by name.
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.functions.values().map(|f| info(f)).collect()
+    }
+
+    /// One function.
+    pub fn function(&self, name: &str) -> Option<FunctionInfo> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.functions.get(name).map(|f| info(f))
+    }
+
+    /// Deploys a function, replacing one of the same name (in-flight invocations finish on the old
+    /// one). Returns whether it was new.
+    ///
+    /// # Errors
+    /// [`DeployError`] when it fails validation or cannot run; nothing changes then.
+    pub async fn upsert_function(&self, config: FunctionConfig) -> Result<bool, DeployError> {
+        config
+            .validate("function")
+            .map_err(|e| DeployError { function: config.name.clone(), message: e.to_string() })?;
+        let entry = Arc::new(deploy(&config, &self.inner.http).await?);
+        let old = {
+            let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            reg.functions.insert(config.name.clone(), entry)
+        };
+        let created = old.is_none();
+        if let Some(old) = old {
+            old.runtime.shutdown().await;
+        }
+        Ok(created)
+    }
+
+    /// Removes a function that no trigger uses.
+    ///
+    /// # Errors
+    /// `UnknownFunction`, or a message naming the triggers that still use it.
+    pub async fn remove_function(&self, name: &str) -> Result<(), RemoveError> {
+        let old = {
+            let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let users: Vec<String> =
+                reg.triggers.iter().filter(|t| t.function == name).map(|t| t.name.clone()).collect();
+            if !users.is_empty() {
+                return Err(RemoveError::InUse { function: name.to_owned(), triggers: users });
+            }
+            reg.functions.remove(name).ok_or_else(|| RemoveError::Unknown(name.to_owned()))?
+        };
+        old.runtime.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops taking events, lets in-flight invocations finish for up to `grace`, then gives up on the
+    /// rest (their records say FAILURE/shutdown and their deliveries are not acked). Every record is
+    /// durable when this returns. Returns whether everything finished within the grace period.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.tracker.close();
+        let in_time = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
+        if !in_time {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace period ran out; abandoning in-flight invocations"
+            );
+            self.inner.abandon.cancel();
+            self.inner.tracker.wait().await;
+        }
+        let functions: Vec<Arc<FunctionEntry>> = {
+            let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            reg.functions.values().cloned().collect()
+        };
+        for f in functions {
+            f.runtime.shutdown().await;
+        }
+        self.inner.store.close().await;
+        in_time
+    }
+}
+
+/// Why a function could not be removed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoveError {
+    /// No such function.
+    #[error("no function named {0:?}")]
+    Unknown(String),
+    /// Triggers still deliver to it.
+    #[error("function {function:?} is used by triggers {triggers:?}")]
+    InUse {
+        /// The function.
+        function: String,
+        /// The triggers.
+        triggers: Vec<String>,
+    },
+}
+
+fn info(f: &FunctionEntry) -> FunctionInfo {
+    FunctionInfo { config: f.config.clone(), in_flight: f.capacity() - f.admission.available_permits() }
+}
+
+async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<FunctionEntry, DeployError> {
+    let runtime = runtime::build(config, http).await?;
+    let service = stack::build(Arc::clone(&runtime), config.max_concurrency);
+    let admission = Arc::new(Semaphore::new(config.max_concurrency + config.queue_size));
+    Ok(FunctionEntry { config: config.clone(), runtime, service, admission })
+}
+
+fn non_empty(text: &str, cap: usize) -> Option<String> {
+    if text.is_empty() {
+        return None;
+    }
+    let c = Captured::new(text.as_bytes(), cap);
+    Some(if c.truncated { c.body + "\n[logs cut]" } else { c.body })
+}
+
+/// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), or a
+/// new random one.
+fn trace_id_of(event: &CloudEvent) -> String {
+    if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
+        let parts: Vec<&str> = tp.split('-').collect();
+        if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
+            let id = parts[1].to_ascii_lowercase();
+            if id != "0".repeat(32) {
+                return id;
+            }
+        }
+    }
+    format!("{:032x}", rand::random::<u128>() | 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_is_taken_from_traceparent() {
+        let mut e = CloudEvent::new("1", "/s", "t");
+        e.extensions.insert(
+            "traceparent".to_owned(),
+            ExtensionValue::String("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned()),
+        );
+        assert_eq!(trace_id_of(&e), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let fresh = trace_id_of(&CloudEvent::new("1", "/s", "t"));
+        assert_eq!(fresh.len(), 32);
+    }
+}

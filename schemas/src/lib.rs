@@ -1,0 +1,16 @@
+//! Switchyard data contracts: the CloudEvent model and its JSON/HTTP formats, the typed event
+//! record, and the configuration file types (with their generated JSON Schema).
+
+pub mod cloudevent;
+pub mod config;
+pub mod duration;
+pub mod http_binding;
+pub mod record;
+
+pub use cloudevent::{CloudEvent, Data, EventError, ExtensionValue};
+pub use config::{Config, ConfigError};
+pub use record::{ErrorKind, EventRecord, Status};
+
+/// SQLite migrations in order: (version, name, SQL). Applied by the records store at start.
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "event_records", include_str!("../sql/sqlite/0001_event_records.sql"))];
