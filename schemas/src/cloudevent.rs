@@ -331,7 +331,7 @@ impl CloudEvent {
 
     /// The event in the JSON event format, as bytes.
     pub fn to_json_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_json_value()).expect("a JSON value always serializes")
+        self.to_json_value().to_string().into_bytes()
     }
 
     /// The string form of a context attribute (core or extension) by name: `type` is
@@ -364,7 +364,7 @@ impl CloudEvent {
     /// UTF-8, binary as is. `None` when there is no data.
     pub fn data_bytes(&self) -> Option<Bytes> {
         self.data.as_ref().map(|d| match d {
-            Data::Json(v) => Bytes::from(serde_json::to_vec(v).expect("a JSON value always serializes")),
+            Data::Json(v) => Bytes::from(v.to_string().into_bytes()),
             Data::Text(s) => Bytes::from(s.clone().into_bytes()),
             Data::Binary(b) => b.clone(),
         })
@@ -425,7 +425,7 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<CloudEvent>, EventError> {
 /// The events in the JSON batch format.
 pub fn batch_to_json_vec(events: &[CloudEvent]) -> Vec<u8> {
     let array = Value::Array(events.iter().map(CloudEvent::to_json_value).collect());
-    serde_json::to_vec(&array).expect("a JSON value always serializes")
+    array.to_string().into_bytes()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,7 +563,6 @@ pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_f64() => "a non-integer number",
         Value::Number(_) => "number",
         Value::String(_) => "string",
         Value::Array(_) => "array",

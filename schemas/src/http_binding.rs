@@ -253,7 +253,7 @@ fn encode_header_value(value: &str) -> HeaderValue {
 /// Percent-decodes a `ce-*` header value; the result must be UTF-8. A `%` not followed by two hex
 /// digits is kept as is.
 fn decode_header_value(attr: &str, value: &HeaderValue) -> Result<String, EventError> {
-    percent_decode(value.as_bytes()).decode_utf8().map(|s| s.into_owned()).map_err(|_| {
+    percent_decode(value.as_bytes()).decode_utf8().map(std::borrow::Cow::into_owned).map_err(|_| {
         EventError::new(attr, format!("header `{PREFIX}{attr}` is not valid UTF-8 after percent-decoding"))
     })
 }

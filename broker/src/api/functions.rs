@@ -163,7 +163,13 @@ async fn invoke(state: &AppState, name: &str, event: CloudEvent) -> Result<Respo
                 ErrorKind::BadResponse | ErrorKind::Status => (StatusCode::BAD_GATEWAY, "function_bad_response"),
                 ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             };
-            Err(ApiError::new(status, code, e.message).with(json!({"record_id": record.id, "logs": record.logs})))
+            let mut resp = ApiError::new(status, code, e.message)
+                .with(json!({"record_id": record.id, "logs": record.logs}))
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&record_header.1) {
+                resp.headers_mut().insert(record_header.0, v);
+            }
+            Ok(resp)
         }
     }
 }

@@ -1,0 +1,192 @@
+//! Shared helpers for the broker's integration tests: a local HTTP function server with scripted
+//! behaviours, a broker started in-process on a random port with its own SQLite file, and waits
+//! on the records store.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use switchyard_broker::app::{self, Running};
+use switchyard_dispatcher::records::RecordQuery;
+use switchyard_schemas::{Config, EventRecord};
+use tokio::sync::Notify;
+
+/// What the function server saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Calls per ce-id.
+    pub calls: Mutex<HashMap<String, usize>>,
+    /// traceparent headers received.
+    pub traceparents: Mutex<Vec<String>>,
+    /// Calls now running on /busy.
+    pub in_flight: AtomicUsize,
+    /// Most calls seen running at once on /busy.
+    pub max_in_flight: AtomicUsize,
+    /// Signalled when a /slow call starts.
+    pub slow_started: Notify,
+    /// Signalled to let /gate calls finish.
+    pub gate: Notify,
+}
+
+/// A local HTTP function server.
+pub struct FunctionServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+}
+
+impl FunctionServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    pub fn calls(&self, id: &str) -> usize {
+        self.seen.calls.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+fn count(seen: &Seen, headers: &HeaderMap) -> usize {
+    let id = headers.get("ce-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        seen.traceparents.lock().unwrap().push(tp.to_owned());
+    }
+    let mut calls = seen.calls.lock().unwrap();
+    let n = calls.entry(id).or_default();
+    *n += 1;
+    *n
+}
+
+pub async fn function_server() -> FunctionServer {
+    let seen = Arc::new(Seen::default());
+    let app = Router::new()
+        .route(
+            "/ok",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap, body: axum::body::Bytes| async move {
+                count(&s, &h);
+                (StatusCode::OK, [("content-type", "application/json")], body)
+            }),
+        )
+        .route(
+            "/flaky/{n}",
+            post(|State(s): State<Arc<Seen>>, Path(n): Path<usize>, h: HeaderMap| async move {
+                if count(&s, &h) <= n {
+                    (StatusCode::SERVICE_UNAVAILABLE, "try again")
+                } else {
+                    (StatusCode::OK, "finally")
+                }
+            }),
+        )
+        .route(
+            "/bad",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
+                count(&s, &h);
+                (StatusCode::UNPROCESSABLE_ENTITY, "nope")
+            }),
+        )
+        .route(
+            "/slow/{ms}",
+            post(|State(s): State<Arc<Seen>>, Path(ms): Path<u64>, h: HeaderMap| async move {
+                count(&s, &h);
+                s.slow_started.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (StatusCode::OK, "slow done")
+            }),
+        )
+        .route(
+            "/gate",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
+                count(&s, &h);
+                s.slow_started.notify_waiters();
+                s.gate.notified().await;
+                (StatusCode::OK, "gate opened")
+            }),
+        )
+        .route(
+            "/busy",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
+                count(&s, &h);
+                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                // The work itself: long enough that calls overlap.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                (StatusCode::OK, "done")
+            }),
+        )
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    FunctionServer { addr, seen }
+}
+
+/// A broker running in this process, with its SQLite store in a temp dir.
+pub struct Broker {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Broker {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr)
+    }
+
+    /// Waits until `n` records match `q` and are terminal, or fails after 30 s.
+    pub async fn wait_terminal(&self, q: RecordQuery, n: usize) -> Vec<EventRecord> {
+        let store = self.running.dispatcher.store().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut q = q.clone();
+            q.limit = 1000;
+            let records = store.list(&q).await.unwrap();
+            let terminal = records.iter().filter(|r| r.status.is_terminal()).count();
+            if terminal >= n {
+                return records;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waited 30s for {n} terminal records, have {terminal}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// POSTs a binary-mode event.
+    pub async fn post_event(&self, id: &str, ty: &str, data: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/events"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/tests")
+            .header("ce-type", ty)
+            .header("content-type", "application/json")
+            .body(data.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Starts a broker from YAML text (store and bind are set here).
+pub async fn broker(yaml: &str) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("records.db");
+    let text = format!("store: sqlite://{}\n{yaml}", db.display());
+    let mut config = Config::from_yaml_str(&text, "test.yaml", |_| None).unwrap_or_else(|e| panic!("{e}"));
+    config.server.bind = "127.0.0.1:0".to_owned();
+    let running = app::start(config, false, std::future::pending()).await.unwrap();
+    Broker { running, dir, http: reqwest::Client::new() }
+}
+
+/// Path of a Python test handler file.
+pub fn python_handler(file: &str) -> String {
+    format!("{}/../testdata/functions/python/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A random suffix so tests never share names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
