@@ -540,10 +540,30 @@ impl Config {
         let config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-                file: file.to_owned(),
-                line: e.location().map(|l| l.line()),
-                message: e.to_string(),
+            let de = serde_yaml::Deserializer::from_str(&text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                // serde_yaml points at the enclosing item for errors inside it; the field path
+                // (tracked by serde_path_to_error) finds the field's own line.
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let serde_line = inner.location().map(|l| l.line());
+                let line = match (locate(&text, &path), serde_line) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let mut message = inner.to_string();
+                if let Some(at) = message.rfind(" at line ") {
+                    message.truncate(at);
+                }
+                if let Some((prefix, rest)) = message.split_once(": ") {
+                    if prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']')) {
+                        message = rest.to_owned();
+                    }
+                }
+                if path != "." {
+                    message = format!("{path}: {message}");
+                }
+                ConfigError::Parse { file: file.to_owned(), line, message }
             })?
         };
         config.validate().map_err(|e| ConfigError::Invalid {

@@ -28,7 +28,9 @@ fn vectors(name: &str) -> Value {
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v[key].as_array().unwrap_or_else(|| panic!("missing list `{key}`")).as_slice()
+    let items = v[key].as_array().unwrap_or_else(|| panic!("missing list `{key}`"));
+    assert!(!items.is_empty() || key == "expected", "list `{key}` is empty");
+    items.as_slice()
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {

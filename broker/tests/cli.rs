@@ -1,0 +1,136 @@
+//! The `switchyard` binary: `validate` exit codes and messages, and `serve` draining in-flight work
+//! on SIGTERM before exiting 0, with `invoke` and `events` talking to it.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+#[test]
+fn validate_accepts_the_quickstart_and_rejects_bad_files_with_64() {
+    let quick = format!("{}/../testdata/quickstart/switchyard.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = bin().args(["validate", "-c", &quick]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 functions, 1 triggers)"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "functions:\n  - name: f\n    runtime: http\n    url: http://127.0.0.1:1/\n    timeout: 10m\n",
+    )
+    .unwrap();
+    let out = bin().args(["validate", "-c", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:5: functions[0].timeout: must be more than 0s and at most 300s"), "{err}");
+
+    let out = bin().args(["serve", "-c", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "serve refuses an invalid file too");
+    let out = bin().args(["validate", "-c", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml: cannot read"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    let fs = common::function_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store: sqlite://{}/records.db\nserver: {{bind: '127.0.0.1:{port}', shutdown_grace: 10s}}\nfunctions:\n  - {{name: slow, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: slow}}\n",
+            dir.path().display(),
+            fs.url("/slow/700"),
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // Wait for readiness (the process has no other signal to give us).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{url}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(tokio::time::Instant::now() < deadline, "broker did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = fs.seen.slow_started.notified();
+    let resp = http
+        .post(format!("{url}/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "drain-me")
+        .header("ce-source", "/t")
+        .header("ce-type", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    started.await;
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    assert!(log.contains("shutdown complete"), "{log}");
+    let store =
+        switchyard_dispatcher::records::RecordStore::open(&format!("sqlite://{}/records.db", dir.path().display()))
+            .await
+            .unwrap();
+    let records =
+        store.list(&switchyard_dispatcher::records::RecordQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, switchyard_schemas::Status::Success, "the in-flight invocation finished");
+}
+
+#[tokio::test]
+async fn invoke_and_events_commands_talk_to_the_broker() {
+    let quick = format!("{}/../testdata/quickstart/handler.py", env!("CARGO_MANIFEST_DIR"));
+    let b = common::broker(&format!(
+        "server: {{tokens: ['cli-token-123']}}\nfunctions:\n  - {{name: hello, runtime: python, handler: '{quick}'}}\n"
+    ))
+    .await;
+    let url = b.url("");
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            bin().args(&args).env("SWITCHYARD_URL", url).env("SWITCHYARD_TOKEN", "cli-token-123").output().unwrap()
+        })
+    };
+    let out = run(vec!["invoke".into(), "hello".into(), "--data".into(), r#"{"name":"CLI"}"#.into()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello, CLI!"));
+    let out = run(vec!["events".into(), "list".into(), "--function".into(), "hello".into()]).await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.contains("SUCCESS") && table.contains("hello"), "{table}");
+    let id = table.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let out = run(vec!["events".into(), "get".into(), id.clone()]).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["status"], "SUCCESS");
+    let out = run(vec!["functions".into(), "list".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python"));
+    // Without the token the CLI reports the 401 and fails.
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            bin().args(["events", "list"]).env("SWITCHYARD_URL", url).env_remove("SWITCHYARD_TOKEN").output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    b.running.shutdown().await;
+}
