@@ -33,7 +33,8 @@ fn triggers() -> Vec<Vec<Filter>> {
         .collect()
 }
 
-const BODY: &str = r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}], "total": 31.5, "currency": "EUR"}"#;
+const BODY: &str =
+    r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}], "total": 31.5, "currency": "EUR"}"#;
 
 fn binary_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -75,7 +76,8 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("structured_parse_and_route_100_triggers", |b| {
         b.iter(|| {
-            let events = http_binding::from_http(black_box(&structured_headers), black_box(structured.as_bytes())).unwrap();
+            let events =
+                http_binding::from_http(black_box(&structured_headers), black_box(structured.as_bytes())).unwrap();
             let matched = triggers.iter().filter(|f| router::matches_all(f, &events[0])).count();
             black_box(matched)
         })

@@ -63,6 +63,9 @@ pub struct RecordQuery {
     pub limit: u32,
 }
 
+/// Rows per multi-row INSERT (27 parameters each, well under SQLite's 32766).
+const ROWS_PER_INSERT: usize = 100;
+
 /// The SQLite records store.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
@@ -137,52 +140,62 @@ impl RecordStore {
     /// [`StoreError::Query`]; nothing of the batch is written then.
     pub async fn upsert_batch(&self, records: &[EventRecord]) -> Result<(), StoreError> {
         let q = |source| StoreError::Query { operation: "write", source };
+        // Only the newest version of each record in the batch is written (PENDING then SUCCESS
+        // queued together become one row write).
+        let mut latest: std::collections::HashMap<Uuid, usize> =
+            std::collections::HashMap::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            latest.insert(r.id, i);
+        }
+        let mut keep: Vec<usize> = latest.into_values().collect();
+        keep.sort_unstable();
         let mut tx = self.pool.begin().await.map_err(q)?;
-        for r in records {
-            sqlx::query(
+        for chunk in keep.chunks(ROWS_PER_INSERT) {
+            let mut qb: sqlx::QueryBuilder<'_, sqlx::Sqlite> = sqlx::QueryBuilder::new(
                 "INSERT INTO event_records (id, event_id, event_source, event_type, event_subject, trigger_name,
                     function_name, status, attempts, received_at, started_at, finished_at, duration_ms, request,
                     request_base64, request_size, request_truncated, response_status, response, response_base64,
-                    response_size, response_truncated, error_kind, error_message, dead_lettered, trace_id, logs)
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+                    response_size, response_truncated, error_kind, error_message, dead_lettered, trace_id, logs) ",
+            );
+            qb.push_values(chunk.iter().map(|&i| &records[i]), |mut b, r| {
+                b.push_bind(r.id.to_string())
+                    .push_bind(&r.event_id)
+                    .push_bind(&r.event_source)
+                    .push_bind(&r.event_type)
+                    .push_bind(&r.event_subject)
+                    .push_bind(&r.trigger)
+                    .push_bind(&r.function)
+                    .push_bind(r.status.as_str())
+                    .push_bind(i64::from(r.attempts))
+                    .push_bind(ts(r.received_at))
+                    .push_bind(r.started_at.map(ts))
+                    .push_bind(r.finished_at.map(ts))
+                    .push_bind(r.duration_ms)
+                    .push_bind(&r.request.body)
+                    .push_bind(r.request.base64)
+                    .push_bind(i64::try_from(r.request.size).unwrap_or(i64::MAX))
+                    .push_bind(r.request.truncated)
+                    .push_bind(r.response_status.map(i64::from))
+                    .push_bind(r.response.as_ref().map(|c| c.body.as_str()))
+                    .push_bind(r.response.as_ref().is_some_and(|c| c.base64))
+                    .push_bind(r.response.as_ref().map(|c| i64::try_from(c.size).unwrap_or(i64::MAX)))
+                    .push_bind(r.response.as_ref().is_some_and(|c| c.truncated))
+                    .push_bind(r.error_kind.map(ErrorKind::as_str))
+                    .push_bind(&r.error_message)
+                    .push_bind(r.dead_lettered)
+                    .push_bind(&r.trace_id)
+                    .push_bind(&r.logs);
+            });
+            qb.push(
+                " ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
                     started_at = excluded.started_at, finished_at = excluded.finished_at,
                     duration_ms = excluded.duration_ms, response_status = excluded.response_status,
                     response = excluded.response, response_base64 = excluded.response_base64,
                     response_size = excluded.response_size, response_truncated = excluded.response_truncated,
                     error_kind = excluded.error_kind, error_message = excluded.error_message,
                     dead_lettered = excluded.dead_lettered, trace_id = excluded.trace_id, logs = excluded.logs",
-            )
-            .bind(r.id.to_string())
-            .bind(&r.event_id)
-            .bind(&r.event_source)
-            .bind(&r.event_type)
-            .bind(&r.event_subject)
-            .bind(&r.trigger)
-            .bind(&r.function)
-            .bind(r.status.as_str())
-            .bind(i64::from(r.attempts))
-            .bind(ts(r.received_at))
-            .bind(r.started_at.map(ts))
-            .bind(r.finished_at.map(ts))
-            .bind(r.duration_ms)
-            .bind(&r.request.body)
-            .bind(r.request.base64)
-            .bind(i64::try_from(r.request.size).unwrap_or(i64::MAX))
-            .bind(r.request.truncated)
-            .bind(r.response_status.map(i64::from))
-            .bind(r.response.as_ref().map(|c| c.body.as_str()))
-            .bind(r.response.as_ref().is_some_and(|c| c.base64))
-            .bind(r.response.as_ref().map(|c| i64::try_from(c.size).unwrap_or(i64::MAX)))
-            .bind(r.response.as_ref().is_some_and(|c| c.truncated))
-            .bind(r.error_kind.map(ErrorKind::as_str))
-            .bind(&r.error_message)
-            .bind(r.dead_lettered)
-            .bind(&r.trace_id)
-            .bind(&r.logs)
-            .execute(&mut *tx)
-            .await
-            .map_err(q)?;
+            );
+            qb.build().execute(&mut *tx).await.map_err(q)?;
         }
         tx.commit().await.map_err(q)
     }
@@ -313,4 +326,68 @@ fn from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
         trace_id: row.get("trace_id"),
         logs: row.get("logs"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: Status, function: &str) -> EventRecord {
+        EventRecord {
+            id: Uuid::now_v7(),
+            event_id: "e".into(),
+            event_source: "/s".into(),
+            event_type: "t".into(),
+            event_subject: None,
+            trigger: "tr".into(),
+            function: function.into(),
+            status,
+            attempts: 0,
+            // Stored with microsecond precision.
+            received_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            request: Captured::new(b"{}", 10),
+            response_status: None,
+            response: None,
+            error_kind: None,
+            error_message: None,
+            dead_lettered: false,
+            trace_id: None,
+            logs: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_keeps_the_newest_version_of_each_record() {
+        let store = RecordStore::open("sqlite::memory:").await.unwrap();
+        let pending = record(Status::Pending, "f");
+        let mut done = pending.clone();
+        done.status = Status::Failure;
+        done.attempts = 3;
+        done.error_kind = Some(ErrorKind::Timeout);
+        done.response = Some(Captured::new(&[0xff, 0x00], 10));
+        let other = record(Status::Pending, "g");
+        store.upsert_batch(&[pending.clone(), other.clone(), done.clone()]).await.unwrap();
+        assert_eq!(store.get(pending.id).await.unwrap().unwrap(), done);
+        assert_eq!(store.count(None).await.unwrap(), 2);
+        assert_eq!(store.count(Some(Status::Pending)).await.unwrap(), 1);
+        // A later batch updates in place.
+        let mut other_done = other.clone();
+        other_done.status = Status::Success;
+        store.upsert_batch(&[other_done.clone()]).await.unwrap();
+        assert_eq!(store.get(other.id).await.unwrap().unwrap().status, Status::Success);
+    }
+
+    #[tokio::test]
+    async fn large_batches_span_several_inserts() {
+        let store = RecordStore::open("sqlite::memory:").await.unwrap();
+        let batch: Vec<EventRecord> = (0..(ROWS_PER_INSERT * 3 + 7)).map(|_| record(Status::Success, "f")).collect();
+        store.upsert_batch(&batch).await.unwrap();
+        assert_eq!(store.count(None).await.unwrap(), batch.len() as i64);
+        let page = store.list(&RecordQuery { limit: 5, ..RecordQuery::default() }).await.unwrap();
+        assert_eq!(page.len(), 5);
+        assert_eq!(page[0].id, batch.last().unwrap().id, "newest first");
+    }
 }
