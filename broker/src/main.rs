@@ -133,7 +133,7 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("switchyard: invalid configuration: {e}");
         ExitCode::from(EX_USAGE)

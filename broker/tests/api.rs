@@ -19,31 +19,22 @@ async fn ok_broker(extra: &str) -> (common::FunctionServer, Broker) {
     (fs, b)
 }
 
+/// POSTs a body to /events with a CloudEvents content type.
+async fn post_ce(b: &Broker, content_type: &str, body: String) -> reqwest::Response {
+    b.http.post(b.url("/events")).header("content-type", content_type).body(body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn structured_and_batched_modes_are_accepted() {
     let (_fs, b) = ok_broker("").await;
     let structured = json!({"specversion": "1.0", "id": "s1", "source": "/t", "type": "x", "data": {"a": 1}});
-    let resp = b
-        .http
-        .post(b.url("/events"))
-        .header("content-type", "application/cloudevents+json; charset=utf-8")
-        .body(structured.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_ce(&b, "application/cloudevents+json; charset=utf-8", structured.to_string()).await;
     assert_eq!(resp.status(), 202);
     let batch = json!([
         {"specversion": "1.0", "id": "b1", "source": "/t", "type": "x"},
         {"specversion": "1.0", "id": "b2", "source": "/t", "type": "x", "data_base64": "AAEC"}
     ]);
-    let resp = b
-        .http
-        .post(b.url("/events"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_ce(&b, "application/cloudevents-batch+json", batch.to_string()).await;
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"accepted": ["b1", "b2"]}));
     let records = b.wait_terminal(RecordQuery::default(), 3).await;
@@ -73,28 +64,14 @@ async fn invalid_events_are_rejected_naming_the_attribute() {
     assert_eq!(body["attribute"], "id");
     // Structured mode with a bad time.
     let bad = json!({"specversion": "1.0", "id": "1", "source": "/t", "type": "x", "time": "lunchtime"});
-    let resp = b
-        .http
-        .post(b.url("/events"))
-        .header("content-type", "application/cloudevents+json")
-        .body(bad.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_ce(&b, "application/cloudevents+json", bad.to_string()).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["attribute"], "time");
     assert!(body["error"]["message"].as_str().unwrap().contains("lunchtime"));
     // A batch with one invalid member: nothing of it is accepted.
     let batch = json!([{"specversion": "1.0", "id": "ok", "source": "/t", "type": "x"}, {"specversion": "1.0", "source": "/t", "type": "x"}]);
-    let resp = b
-        .http
-        .post(b.url("/events"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_ce(&b, "application/cloudevents-batch+json", batch.to_string()).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["attribute"], "[1].id");
