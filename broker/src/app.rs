@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard_connectors::{SourceContext, SourceState};
 use switchyard_dispatcher::records::RecordStore;
 use switchyard_dispatcher::Dispatcher;
 use switchyard_schemas::Config;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::{self, AppState};
@@ -80,7 +83,9 @@ pub async fn start(
         tracing::warn!(%bind, "serving without authentication on a non-loopback address (--insecure)");
     }
     let store = RecordStore::open(&config.store).await.map_err(|e| StartError::Other(e.to_string()))?;
+    let state: Arc<dyn SourceState> = Arc::new(store.clone());
     let dispatcher = Dispatcher::start(&config, store).await.map_err(|e| StartError::Usage(e.to_string()))?;
+    let sources = Sources::start(&config, &dispatcher, &state);
     let listener =
         TcpListener::bind(bind).await.map_err(|e| StartError::Other(format!("cannot listen on {bind}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
@@ -118,7 +123,9 @@ pub async fn start(
                 "shutting down: ingress closed, draining in-flight invocations"
             );
             let _ = http_stop_tx.send(());
-            let in_time = d.shutdown(grace).await;
+            let started = tokio::time::Instant::now();
+            let sources_in_time = sources.stop(grace).await;
+            let in_time = d.shutdown(grace.saturating_sub(started.elapsed())).await && sources_in_time;
             // In-flight HTTP requests finish once their invocations have; bound the wait anyway.
             if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
                 tracing::warn!("HTTP connections still open after the drain; closing them");
@@ -157,5 +164,67 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Message sources and the tasks that forward their deliveries to the dispatcher.
+struct Sources {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Deliveries a source may have queued for the dispatcher before it has to wait.
+const SOURCE_CHANNEL: usize = 256;
+
+impl Sources {
+    fn start(config: &Config, dispatcher: &Dispatcher, state: &Arc<dyn SourceState>) -> Self {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        for sc in &config.sources {
+            let name = sc.name().to_owned();
+            let source = switchyard_connectors::build(sc);
+            let (tx, mut rx) = mpsc::channel(SOURCE_CHANNEL);
+            let ctx = SourceContext {
+                deliveries: tx,
+                shutdown: shutdown.child_token(),
+                name: name.clone(),
+                state: Arc::clone(state),
+            };
+            tracker.spawn(
+                async move {
+                    match source.run(ctx).await {
+                        Ok(()) => tracing::info!("source stopped"),
+                        Err(e) => tracing::error!(error = %e, retry_hint = e.retry_hint(), "source failed"),
+                    }
+                }
+                .instrument(tracing::info_span!("source", source = %name)),
+            );
+            let d = dispatcher.clone();
+            tracker.spawn(
+                async move {
+                    // Waits for room in the functions' queues: backpressure reaches the source through
+                    // this bounded channel. A delivery refused at shutdown is dropped unacked.
+                    while let Some(delivery) = rx.recv().await {
+                        if let Err(e) = d.dispatch(delivery).await {
+                            tracing::debug!(error = %e, "delivery not dispatched");
+                        }
+                    }
+                }
+                .instrument(tracing::info_span!("source_forward", source = %sc.name())),
+            );
+        }
+        tracker.close();
+        Self { shutdown, tracker }
+    }
+
+    /// Stops the sources: they stop taking messages, wait for in-flight acks and commit. Returns
+    /// whether they finished within `grace`.
+    async fn stop(&self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        let done = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        if !done {
+            tracing::warn!("sources still draining after the grace period");
+        }
+        done
     }
 }

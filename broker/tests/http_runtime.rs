@@ -234,3 +234,34 @@ async fn shutdown_lets_in_flight_invocations_finish() {
     assert_eq!(records[0].status, Status::Success);
     assert_eq!(records[0].response.as_ref().unwrap().body, "slow done");
 }
+
+#[tokio::test]
+async fn ack_resolves_only_after_terminal_records_are_durable() {
+    use switchyard_connectors::{Delivery, Outcome};
+    use switchyard_schemas::CloudEvent;
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: ok, runtime: http, url: '{}'}}\n  - {{name: bad, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t1, function: ok, filters: [{{prefix: {{type: com.}}}}]}}\n  - {{name: t2, function: bad, filters: [{{exact: {{type: com.both}}}}]}}\n",
+        fs.url("/ok"),
+        fs.url("/bad"),
+    ))
+    .await;
+    let d = &b.running.dispatcher;
+    let (delivery, ack) = Delivery::new(CloudEvent::new("a1", "/t", "com.one"));
+    d.dispatch(delivery).await.unwrap();
+    assert_eq!(ack.outcome().await, Outcome::Completed { invocations: 1, failed: 0 });
+    // The record is already committed when the ack resolves.
+    let rs = d.store().list(&RecordQuery { limit: 10, ..RecordQuery::default() }).await.unwrap();
+    assert_eq!((rs.len(), rs[0].status), (1, Status::Success));
+
+    let (delivery, ack) = Delivery::new(CloudEvent::new("a2", "/t", "com.both"));
+    d.dispatch(delivery).await.unwrap();
+    assert_eq!(ack.outcome().await, Outcome::Completed { invocations: 2, failed: 1 });
+    let rs = d.store().list(&RecordQuery { limit: 10, ..RecordQuery::default() }).await.unwrap();
+    assert_eq!(rs.iter().filter(|r| r.event_id == "a2" && r.status.is_terminal()).count(), 2);
+
+    let (delivery, ack) = Delivery::new(CloudEvent::new("a3", "/t", "other"));
+    d.dispatch(delivery).await.unwrap();
+    assert_eq!(ack.outcome().await, Outcome::Unmatched);
+    b.running.shutdown().await;
+}

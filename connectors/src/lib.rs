@@ -4,6 +4,7 @@
 //! ingress in the broker uses the same contract.
 
 use std::fmt;
+use std::sync::Arc;
 
 use switchyard_schemas::CloudEvent;
 use tokio::sync::{mpsc, oneshot};
@@ -96,6 +97,46 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// The source's name from the configuration.
     pub name: String,
+    /// Shared, durable state in the broker's store (offsets, last fired ticks, claims).
+    pub state: Arc<dyn SourceState>,
+}
+
+/// A store failure seen by a source.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("source state {operation}: {message}")]
+pub struct StateError {
+    /// What was being done.
+    pub operation: &'static str,
+    /// The store's message.
+    pub message: String,
+}
+
+/// Durable key/value state and once-only claims, shared by every replica on the same store.
+#[async_trait::async_trait]
+pub trait SourceState: Send + Sync + fmt::Debug + 'static {
+    /// Claims `key` for `source` once across every replica sharing the store: `true` for the one
+    /// caller that won, `false` for everyone after it.
+    ///
+    /// # Errors
+    /// [`StateError`] when the store fails (the caller must not assume it won).
+    async fn claim(&self, source: &str, key: &str) -> Result<bool, StateError>;
+
+    /// Reads a value.
+    ///
+    /// # Errors
+    /// [`StateError`] when the store fails.
+    async fn get(&self, source: &str, key: &str) -> Result<Option<String>, StateError>;
+
+    /// Writes a value (last write wins).
+    ///
+    /// # Errors
+    /// [`StateError`] when the store fails.
+    async fn put(&self, source: &str, key: &str, value: &str) -> Result<(), StateError>;
+}
+
+/// Builds the source a configuration entry describes (the one explicit registry of connectors).
+pub fn build(config: &switchyard_schemas::config::SourceConfig) -> Box<dyn Source> {
+    match *config {}
 }
 
 /// Why a source stopped with an error.

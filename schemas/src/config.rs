@@ -54,10 +54,7 @@ impl Default for Config {
     }
 }
 
-/// A message source. No source types exist yet: every entry is rejected with the type named.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {}
+pub use crate::sources::SourceConfig;
 
 /// The HTTP server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -611,6 +608,15 @@ impl Config {
                 ));
             }
         }
+        let mut source_names = std::collections::HashSet::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}]");
+            check_name(src.name(), &format!("{at}.name"))?;
+            if !source_names.insert(src.name()) {
+                return Err(FieldError::new(format!("{at}.name"), format!("duplicate source {:?}", src.name())));
+            }
+            src.validate(&at)?;
+        }
         let mut trigger_names = std::collections::HashSet::new();
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}]");
@@ -663,7 +669,7 @@ impl DeliveryPolicy {
     }
 }
 
-fn check_name(name: &str, field: &str) -> Result<(), FieldError> {
+pub(crate) fn check_name(name: &str, field: &str) -> Result<(), FieldError> {
     let ok =
         !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {

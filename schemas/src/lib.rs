@@ -6,11 +6,14 @@ pub mod config;
 pub mod duration;
 pub mod http_binding;
 pub mod record;
+pub mod sources;
 
 pub use cloudevent::{CloudEvent, Data, EventError, ExtensionValue};
 pub use config::{Config, ConfigError};
 pub use record::{ErrorKind, EventRecord, Status};
 
 /// SQLite migrations in order: (version, name, SQL). Applied by the records store at start.
-pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "event_records", include_str!("../sql/sqlite/0001_event_records.sql"))];
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "event_records", include_str!("../sql/sqlite/0001_event_records.sql")),
+    (2, "source_state", include_str!("../sql/sqlite/0002_source_state.sql")),
+];

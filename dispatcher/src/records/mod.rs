@@ -1,6 +1,7 @@
 //! Typed event records: the SQLite store (migrations, queries) and the batched writer task that is
 //! the only thing writing to it.
 
+mod state;
 mod store;
 mod writer;
 
