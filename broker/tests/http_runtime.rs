@@ -265,3 +265,38 @@ async fn ack_resolves_only_after_terminal_records_are_durable() {
     assert_eq!(ack.outcome().await, Outcome::Unmatched);
     b.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn skipped_and_cancelled_deliveries_are_recorded() {
+    use switchyard_connectors::{Delivery, Outcome};
+    use switchyard_schemas::CloudEvent;
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: gated, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: gated}}\n",
+        fs.url("/gate")
+    ))
+    .await;
+    let d = &b.running.dispatcher;
+    let (delivery, ack) = Delivery::skipped(CloudEvent::new("s1", "/t", "x"), "previous tick still running");
+    d.dispatch(delivery).await.unwrap();
+    assert_eq!(ack.outcome().await, Outcome::Completed { invocations: 1, failed: 0 });
+    let rs = d.store().list(&RecordQuery { limit: 10, ..RecordQuery::default() }).await.unwrap();
+    assert_eq!(rs[0].status, Status::Skipped);
+    assert_eq!(rs[0].error_message.as_deref(), Some("previous tick still running"));
+    assert_eq!(fs.calls("s1"), 0, "a skipped event is not invoked");
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let (delivery, ack) = Delivery::new(CloudEvent::new("c1", "/t", "x"));
+    let started = fs.seen.slow_started.notified();
+    d.dispatch(delivery.with_cancel(token.clone())).await.unwrap();
+    started.await;
+    token.cancel();
+    assert_eq!(ack.outcome().await, Outcome::Completed { invocations: 1, failed: 1 });
+    let rs = d
+        .store()
+        .list(&RecordQuery { status: Some(Status::Failure), limit: 10, ..RecordQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!((rs[0].error_kind, rs[0].dead_lettered), (Some(ErrorKind::Cancelled), false));
+    b.running.shutdown().await;
+}

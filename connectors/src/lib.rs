@@ -78,13 +78,31 @@ pub struct Delivery {
     pub event: CloudEvent,
     /// Resolved when the message may be acked (or must not be).
     pub ack: Ack,
+    /// When set, the event is not invoked: each matched trigger gets a SKIPPED record with this reason.
+    pub skip: Option<String>,
+    /// When cancelled, invocations still running stop and are recorded as FAILURE (`cancelled`).
+    pub cancel: Option<CancellationToken>,
 }
 
 impl Delivery {
     /// A delivery and the receiver its source awaits.
     pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
         let (ack, rx) = Ack::pair();
-        (Self { event, ack }, rx)
+        (Self { event, ack, skip: None, cancel: None }, rx)
+    }
+
+    /// A delivery that is recorded as SKIPPED (with `reason`) instead of invoked.
+    pub fn skipped(event: CloudEvent, reason: impl Into<String>) -> (Self, AckReceiver) {
+        let (mut d, rx) = Self::new(event);
+        d.skip = Some(reason.into());
+        (d, rx)
+    }
+
+    /// Lets the source cancel the delivery's running invocations with `token`.
+    #[must_use]
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
     }
 }
 

@@ -236,11 +236,20 @@ impl Dispatcher {
             async move {
                 let event = Arc::new(delivery.event);
                 let received_at = Utc::now();
+                let skip = delivery.skip.clone();
+                let cancel = delivery.cancel.clone().unwrap_or_default();
                 let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
+                    let skip = skip.clone();
+                    let cancel = cancel.clone();
                     async move {
-                        let r = this.run(&function, &trigger.name, &trigger.delivery, event, received_at).await;
+                        let r = match skip {
+                            Some(reason) => this.skip(&function, &trigger.name, event, received_at, reason).await,
+                            None => {
+                                this.run(&function, &trigger.name, &trigger.delivery, event, received_at, &cancel).await
+                            }
+                        };
                         drop(permit);
                         r
                     }
@@ -293,7 +302,8 @@ impl Dispatcher {
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(
             async move {
-                let r = this.run(&entry, "invoke", &policy, Arc::new(event), Utc::now()).await;
+                let r =
+                    this.run(&entry, "invoke", &policy, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
                 drop(permit);
                 r
             }
@@ -310,33 +320,12 @@ impl Dispatcher {
         policy: &DeliveryPolicy,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
+        cancel: &CancellationToken,
     ) -> Result<InvokeResult, DispatchError> {
-        let caps = &self.inner.records;
-        let trace_id = trace_id_of(&event);
-        let mut record = EventRecord {
-            id: Uuid::now_v7(),
-            event_id: event.id.clone(),
-            event_source: event.source.clone(),
-            event_type: event.ty.clone(),
-            event_subject: event.subject.clone(),
-            trigger: trigger.to_owned(),
-            function: function.config.name.clone(),
-            status: Status::Pending,
-            attempts: 0,
-            received_at,
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            request: Captured::new(&event.to_json_vec(), caps.capture_bytes),
-            response_status: None,
-            response: None,
-            error_kind: None,
-            error_message: None,
-            dead_lettered: false,
-            trace_id: Some(trace_id.clone()),
-            logs: None,
-        };
+        let mut record = self.new_record(function, trigger, &event, received_at);
         self.inner.writer.queue(record.clone()).await?;
+        let trace_id = record.trace_id.clone().unwrap_or_default();
+        let caps = &self.inner.records;
         let progress = Arc::new(Progress::default());
         let invocation = Invocation {
             event,
@@ -353,6 +342,7 @@ impl Dispatcher {
         let response = tokio::select! {
             r = svc.oneshot(invocation) => r,
             () = self.inner.abandon.cancelled() => Err(InvokeError::shutdown()),
+            () = cancel.cancelled() => Err(InvokeError::cancelled()),
         };
         let finished = Utc::now();
         record.attempts = progress.attempts();
@@ -373,12 +363,62 @@ impl Dispatcher {
                 record.response_status = e.status;
                 record.response = e.body.as_ref().map(|b| Captured::new(b, caps.capture_bytes));
                 record.logs = non_empty(&e.logs, caps.log_bytes);
-                record.dead_lettered = e.kind != ErrorKind::Shutdown;
+                record.dead_lettered = !matches!(e.kind, ErrorKind::Shutdown | ErrorKind::Cancelled);
                 tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
             }
         }
         self.inner.writer.write(record.clone()).await?;
         Ok(InvokeResult { record, response })
+    }
+
+    fn new_record(
+        &self,
+        function: &FunctionEntry,
+        trigger: &str,
+        event: &CloudEvent,
+        received_at: chrono::DateTime<Utc>,
+    ) -> EventRecord {
+        EventRecord {
+            id: Uuid::now_v7(),
+            event_id: event.id.clone(),
+            event_source: event.source.clone(),
+            event_type: event.ty.clone(),
+            event_subject: event.subject.clone(),
+            trigger: trigger.to_owned(),
+            function: function.config.name.clone(),
+            status: Status::Pending,
+            attempts: 0,
+            received_at,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            request: Captured::new(&event.to_json_vec(), self.inner.records.capture_bytes),
+            response_status: None,
+            response: None,
+            error_kind: None,
+            error_message: None,
+            dead_lettered: false,
+            trace_id: Some(trace_id_of(event)),
+            logs: None,
+        }
+    }
+
+    /// A deliberately skipped invocation: one SKIPPED record, durable before returning.
+    async fn skip(
+        &self,
+        function: &FunctionEntry,
+        trigger: &str,
+        event: Arc<CloudEvent>,
+        received_at: chrono::DateTime<Utc>,
+        reason: String,
+    ) -> Result<InvokeResult, DispatchError> {
+        let mut record = self.new_record(function, trigger, &event, received_at);
+        record.status = Status::Skipped;
+        record.finished_at = Some(received_at);
+        record.duration_ms = Some(0);
+        record.error_message = Some(reason.clone());
+        self.inner.writer.write(record.clone()).await?;
+        Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
 
     /// The functions, by name.

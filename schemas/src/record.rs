@@ -17,6 +17,9 @@ pub enum Status {
     Success,
     /// The function failed for good (retries exhausted or a permanent failure).
     Failure,
+    /// The event was deliberately not invoked (e.g. a cron tick skipped by `concurrency_policy:
+    /// forbid`); `error_message` says why.
+    Skipped,
 }
 
 impl Status {
@@ -26,6 +29,7 @@ impl Status {
             Self::Pending => "PENDING",
             Self::Success => "SUCCESS",
             Self::Failure => "FAILURE",
+            Self::Skipped => "SKIPPED",
         }
     }
 
@@ -43,7 +47,7 @@ impl fmt::Display for Status {
 
 /// An unknown status name.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown status {0:?}: use PENDING, SUCCESS or FAILURE")]
+#[error("unknown status {0:?}: use PENDING, SUCCESS, FAILURE or SKIPPED")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for Status {
@@ -53,6 +57,7 @@ impl FromStr for Status {
             "PENDING" => Ok(Self::Pending),
             "SUCCESS" => Ok(Self::Success),
             "FAILURE" => Ok(Self::Failure),
+            "SKIPPED" => Ok(Self::Skipped),
             _ => Err(UnknownStatus(s.to_owned())),
         }
     }
@@ -78,6 +83,8 @@ pub enum ErrorKind {
     Init,
     /// The broker was shutting down before the invocation could finish.
     Shutdown,
+    /// The source cancelled the invocation (e.g. cron `concurrency_policy: replace`).
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -92,6 +99,7 @@ impl ErrorKind {
             Self::Crashed => "crashed",
             Self::Init => "init",
             Self::Shutdown => "shutdown",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -114,6 +122,7 @@ impl FromStr for ErrorKind {
             "crashed" => Self::Crashed,
             "init" => Self::Init,
             "shutdown" => Self::Shutdown,
+            "cancelled" => Self::Cancelled,
             other => return Err(format!("unknown error kind {other:?}")),
         })
     }
@@ -223,7 +232,7 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for s in [Status::Pending, Status::Success, Status::Failure] {
+        for s in [Status::Pending, Status::Success, Status::Failure, Status::Skipped] {
             assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
         }
         assert!("success".parse::<Status>().is_ok());

@@ -162,6 +162,7 @@ async fn invoke(state: &AppState, name: &str, event: CloudEvent) -> Result<Respo
                 ErrorKind::Init => (StatusCode::INTERNAL_SERVER_ERROR, "function_init_failed"),
                 ErrorKind::BadResponse | ErrorKind::Status => (StatusCode::BAD_GATEWAY, "function_bad_response"),
                 ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                ErrorKind::Cancelled => (StatusCode::CONFLICT, "cancelled"),
             };
             let mut resp = ApiError::new(status, code, e.message)
                 .with(json!({"record_id": record.id, "logs": record.logs}))

@@ -144,6 +144,10 @@ impl InvokeError {
     pub fn shutdown() -> Self {
         Self::new(ErrorKind::Shutdown, Retry::Permanent, "broker shut down before the invocation finished")
     }
+    /// The source cancelled the invocation.
+    pub fn cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, Retry::Permanent, "cancelled by its source")
+    }
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.retry == Retry::Retryable

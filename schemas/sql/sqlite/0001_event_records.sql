@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS event_records (
     event_subject       TEXT,
     trigger_name        TEXT NOT NULL,
     function_name       TEXT NOT NULL,
-    status              TEXT NOT NULL CHECK (status IN ('PENDING', 'SUCCESS', 'FAILURE')),
+    status              TEXT NOT NULL CHECK (status IN ('PENDING', 'SUCCESS', 'FAILURE', 'SKIPPED')),
     attempts            INTEGER NOT NULL DEFAULT 0,
     received_at         TEXT NOT NULL,
     started_at          TEXT,
