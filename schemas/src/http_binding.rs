@@ -93,44 +93,64 @@ fn from_binary(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent, EventErro
             raw.insert(attr, value);
         }
     }
-    let mut take = |attr: &str| -> Result<Option<String>, EventError> {
-        raw.remove(attr).map(|v| decode_header_value(attr, v)).transpose()
-    };
-    let required = |attr: &str, v: Option<String>| {
-        v.ok_or_else(|| EventError::new(attr, format!("is required (header `{PREFIX}{attr}`)")))
-    };
-
-    let specversion = required("specversion", take("specversion")?)?;
-    check_specversion(&specversion)?;
-    let id = required("id", take("id")?)?;
-    let source = required("source", take("source")?)?;
-    let ty = required("type", take("type")?)?;
-    if take("datacontenttype")?.is_some() {
-        return Err(EventError::new(
-            "datacontenttype",
-            "must be sent as `Content-Type` in binary mode, not as `ce-datacontenttype`",
-        ));
+    let mut attrs = BTreeMap::new();
+    for (attr, value) in raw {
+        attrs.insert(attr.to_owned(), decode_header_value(attr, value)?);
     }
-    let dataschema = take("dataschema")?;
-    let subject = take("subject")?;
-    let time = take("time")?.map(|t| parse_time(&t)).transpose()?;
-
-    let mut extensions = BTreeMap::new();
-    for (attr, value) in std::mem::take(&mut raw) {
-        check_extension_name(attr)?;
-        let value = decode_header_value(attr, value)?;
-        extensions.insert(attr.to_owned(), ExtensionValue::String(value));
-    }
-
     let mut content_types = headers.get_all(CONTENT_TYPE).iter();
-    let datacontenttype = match content_types.next() {
+    let content_type = match content_types.next() {
         None => None,
         Some(v) => {
             if content_types.next().is_some() {
                 return Err(EventError::new("datacontenttype", "header `content-type` must appear only once"));
             }
-            let ct =
-                v.to_str().map_err(|_| EventError::new("datacontenttype", "header `content-type` must be ASCII"))?;
+            Some(v.to_str().map_err(|_| EventError::new("datacontenttype", "header `content-type` must be ASCII"))?)
+        }
+    };
+    event_from_binary_parts(attrs, content_type, body, PREFIX)
+}
+
+/// Builds an event from the parts of any protocol binding's binary mode: the context attributes
+/// (already decoded, keyed by attribute name), the content type and the body. `prefix` is the
+/// protocol's attribute prefix (`ce-`, `ce_`, `cloudEvents_`), used only in error messages.
+/// Extensions become [`ExtensionValue::String`]; the body becomes data as described in [`from_http`].
+///
+/// # Errors
+/// An [`EventError`] naming the attribute at fault.
+pub fn event_from_binary_parts(
+    mut attrs: BTreeMap<String, String>,
+    content_type: Option<&str>,
+    body: &[u8],
+    prefix: &str,
+) -> Result<CloudEvent, EventError> {
+    let mut take = |attr: &str| attrs.remove(attr);
+    let required = |attr: &str, v: Option<String>| {
+        v.ok_or_else(|| EventError::new(attr, format!("is required (`{prefix}{attr}`)")))
+    };
+
+    let specversion = required("specversion", take("specversion"))?;
+    check_specversion(&specversion)?;
+    let id = required("id", take("id"))?;
+    let source = required("source", take("source"))?;
+    let ty = required("type", take("type"))?;
+    if take("datacontenttype").is_some() {
+        return Err(EventError::new(
+            "datacontenttype",
+            format!("must be sent as the content type in binary mode, not as `{prefix}datacontenttype`"),
+        ));
+    }
+    let dataschema = take("dataschema");
+    let subject = take("subject");
+    let time = take("time").map(|t| parse_time(&t)).transpose()?;
+
+    let mut extensions = BTreeMap::new();
+    for (attr, value) in std::mem::take(&mut attrs) {
+        check_extension_name(&attr)?;
+        extensions.insert(attr, ExtensionValue::String(value));
+    }
+    let datacontenttype = match content_type {
+        None => None,
+        Some(ct) => {
             check_datacontenttype(ct)?;
             Some(ct.to_owned())
         }
@@ -200,18 +220,8 @@ fn is_textual_media_type(ct: &str) -> bool {
 /// first.
 pub fn to_binary(event: &CloudEvent) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
-    for name in CORE_ATTRIBUTES {
-        if name == "datacontenttype" {
-            continue;
-        }
-        if let Some(value) = event.attribute(name) {
-            insert_attribute(&mut headers, name, &value);
-        }
-    }
-    for (name, value) in &event.extensions {
-        if check_extension_name(name).is_ok() {
-            insert_attribute(&mut headers, name, &value.to_string());
-        }
+    for (name, value) in binary_attributes(event) {
+        insert_attribute(&mut headers, name, &value);
     }
     if let Some(ct) = &event.datacontenttype {
         if let Ok(v) = HeaderValue::from_str(ct) {
@@ -219,6 +229,27 @@ pub fn to_binary(event: &CloudEvent) -> (HeaderMap, Bytes) {
         }
     }
     (headers, event.data_bytes().unwrap_or_default())
+}
+
+/// The context attributes a binary mode carries as protocol headers or properties, in their string
+/// form: every set attribute except `datacontenttype` (which travels as the content type), and
+/// extensions whose names are valid attribute names. Shared by every protocol binding.
+pub fn binary_attributes(event: &CloudEvent) -> Vec<(&str, String)> {
+    let mut out = Vec::new();
+    for name in CORE_ATTRIBUTES {
+        if name == "datacontenttype" {
+            continue;
+        }
+        if let Some(value) = event.attribute(name) {
+            out.push((name, value.into_owned()));
+        }
+    }
+    for (name, value) in &event.extensions {
+        if check_extension_name(name).is_ok() {
+            out.push((name.as_str(), value.to_string()));
+        }
+    }
+    out
 }
 
 /// Writes an event in structured mode: `Content-Type: application/cloudevents+json;
