@@ -24,6 +24,38 @@ fi
 python3 -c 'import sys; assert sys.version_info >= (3, 8), sys.version' \
   || { log "python3 must be 3.8 or newer"; exit 1; }
 
+# Services the integration tests talk to over real connections. Each is checked and, when it does not
+# answer, installed (Debian package) if missing and started with the same command the machine uses.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 120); do port_open "$port" && return 0; sleep 0.5; done
+  log "$name does not answer on 127.0.0.1:$port"; return 1
+}
+
+ensure_nats() {
+  port_open 4222 && return 0
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+  log "starting nats-server (JetStream) on 127.0.0.1:4222"
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port 4222 NATS
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
+  log "starting rabbitmq-server on 127.0.0.1:5672"
+  rabbitmq-server -detached
+  wait_port 5672 RabbitMQ
+  # The AMQP port opens before the broker accepts logins; wait until it does.
+  for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+}
+
+ensure_nats
+ensure_rabbitmq
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is not on PATH: install the Rust toolchain (rustup) first"; exit 1
 fi

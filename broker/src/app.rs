@@ -93,6 +93,7 @@ pub async fn start(
         dispatcher: dispatcher.clone(),
         tokens: Arc::new(config.server.tokens.clone()),
         max_body_bytes: config.server.max_body_bytes,
+        cron: sources.cron.clone(),
     };
     let grace = config.server.shutdown_grace;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -171,6 +172,8 @@ pub async fn shutdown_signal() {
 struct Sources {
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Handles on the cron sources, for the API.
+    cron: crate::cron_ops::CronSources,
 }
 
 /// Deliveries a source may have queued for the dispatcher before it has to wait.
@@ -180,9 +183,10 @@ impl Sources {
     fn start(config: &Config, dispatcher: &Dispatcher, state: &Arc<dyn SourceState>) -> Self {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let mut cron = crate::cron_ops::CronSourcesBuilder::default();
         for sc in &config.sources {
             let name = sc.name().to_owned();
-            let source = switchyard_connectors::build(sc);
+            let source = cron.build(sc);
             let (tx, mut rx) = mpsc::channel(SOURCE_CHANNEL);
             let ctx = SourceContext {
                 deliveries: tx,
@@ -214,7 +218,7 @@ impl Sources {
             );
         }
         tracker.close();
-        Self { shutdown, tracker }
+        Self { shutdown, tracker, cron: cron.finish() }
     }
 
     /// Stops the sources: they stop taking messages, wait for in-flight acks and commit. Returns

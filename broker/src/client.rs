@@ -122,6 +122,45 @@ impl Client {
         Ok(())
     }
 
+    /// `switchyard logs FUNCTION [-f]`: the captured output of the newest `recent` invocations, oldest
+    /// first, each under a header line; with `follow`, then every new invocation's as it is recorded.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached.
+    pub async fn logs(&self, function: &str, recent: u32, follow: bool) -> Result<()> {
+        let query = [("function", function.to_owned()), ("limit", recent.clamp(1, 1000).to_string())];
+        let v = self.json(self.req(reqwest::Method::GET, "/api/v3/events").query(&query)).await?;
+        let mut items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        items.reverse();
+        // Follow from the newest record shown, or from "now" when there is none.
+        let mut last = items.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+        for r in &items {
+            print_logs(r);
+        }
+        if !follow {
+            return Ok(());
+        }
+        if last.is_none() {
+            last = Some(uuid::Uuid::now_v7().to_string());
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let mut q = vec![("function", function.to_owned()), ("limit", "1000".to_owned())];
+            if let Some(a) = &last {
+                q.push(("after", a.clone()));
+            }
+            let v = self.json(self.req(reqwest::Method::GET, "/api/v3/events").query(&q)).await?;
+            for r in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                // PENDING records are shown once they are terminal: stop at the first pending one.
+                if r.get("status").and_then(Value::as_str) == Some("PENDING") {
+                    break;
+                }
+                print_logs(&r);
+                last = r.get("id").and_then(Value::as_str).map(str::to_owned);
+            }
+        }
+    }
+
     /// `switchyard functions list`.
     ///
     /// # Errors
@@ -141,5 +180,102 @@ impl Client {
             );
         }
         Ok(())
+    }
+
+    /// `switchyard cron ...`.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached, has no such cron source, or the operation fails.
+    pub async fn cron(&self, op: CronOp) -> Result<()> {
+        match op {
+            CronOp::List { json } => {
+                let v = self.json(self.req(reqwest::Method::GET, "/api/v1/cron")).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                println!(
+                    "{:<24}  {:<20}  {:<20}  {:<7}  {:<24}  LAST FIRED",
+                    "NAME", "SCHEDULE", "TIMEZONE", "PAUSED", "NEXT"
+                );
+                for c in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+                    let next = c.pointer("/next/0").and_then(Value::as_str).unwrap_or("-");
+                    let paused = c.get("paused").and_then(Value::as_bool).unwrap_or(false);
+                    println!(
+                        "{:<24}  {:<20}  {:<20}  {:<7}  {next:<24}  {}",
+                        s("name"),
+                        s("schedule"),
+                        s("timezone"),
+                        if paused { "yes" } else { "no" },
+                        s("last_fired")
+                    );
+                }
+            }
+            CronOp::Next { name, count } => {
+                let path = format!("/api/v1/cron/{name}/next");
+                let v = self.json(self.req(reqwest::Method::GET, &path).query(&[("n", count)])).await?;
+                for t in v.get("next").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    println!("{}", t.as_str().unwrap_or("-"));
+                }
+            }
+            CronOp::Pause { name } => {
+                self.json(self.req(reqwest::Method::POST, &format!("/api/v1/cron/{name}/pause"))).await?;
+                println!("{name}: paused");
+            }
+            CronOp::Resume { name } => {
+                self.json(self.req(reqwest::Method::POST, &format!("/api/v1/cron/{name}/resume"))).await?;
+                println!("{name}: resumed");
+            }
+            CronOp::Fire { name } => {
+                let v = self.json(self.req(reqwest::Method::POST, &format!("/api/v1/cron/{name}/fire"))).await?;
+                let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+                println!("{name}: {} event {} at {}", s("outcome"), s("id"), s("time"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `switchyard cron` operation.
+#[derive(Debug, Clone)]
+pub enum CronOp {
+    /// List cron sources.
+    List {
+        /// Print JSON.
+        json: bool,
+    },
+    /// The next fire times.
+    Next {
+        /// The source.
+        name: String,
+        /// How many.
+        count: usize,
+    },
+    /// Pause.
+    Pause {
+        /// The source.
+        name: String,
+    },
+    /// Resume.
+    Resume {
+        /// The source.
+        name: String,
+    },
+    /// Fire now.
+    Fire {
+        /// The source.
+        name: String,
+    },
+}
+
+fn print_logs(r: &Value) {
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-");
+    println!("--- {} {} {} (record {})", s("finished_at"), s("status"), s("event_id"), s("id"));
+    if let Some(logs) = r.get("logs").and_then(Value::as_str) {
+        print!("{logs}");
+        if !logs.ends_with('\n') {
+            println!();
+        }
     }
 }

@@ -4,3 +4,4 @@
 pub mod api;
 pub mod app;
 pub mod client;
+pub mod cron_ops;

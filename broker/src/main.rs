@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_broker::{app, client::Client};
+use switchyard_broker::app;
+use switchyard_broker::client::{self, Client};
 use switchyard_schemas::Config;
 
 /// Exit code for bad configuration or usage (EX_USAGE).
@@ -70,10 +71,71 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Show a function's captured logs, oldest first; `-f` follows new invocations.
+    Logs {
+        /// The function.
+        function: String,
+        /// Keep printing logs of new invocations.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent invocations to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Look at functions.
     Functions {
         #[command(subcommand)]
         command: FunctionsCommand,
+    },
+    /// Cron schedules: list, next fire times, pause, resume, fire now.
+    Cron {
+        #[command(subcommand)]
+        command: CronCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CronCommand {
+    /// List cron sources with their next fire time.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a schedule's next fire times.
+    Next {
+        /// The cron source.
+        name: String,
+        /// How many.
+        #[arg(short = 'n', default_value_t = 5)]
+        count: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Pause a schedule (kept across restarts).
+    Pause {
+        /// The cron source.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume a paused schedule from its next tick.
+    Resume {
+        /// The cron source.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Fire a schedule once now.
+    Fire {
+        /// The cron source.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -202,6 +264,23 @@ async fn main() -> ExitCode {
                 Ok(c) => c.events_get(&id).await,
                 Err(e) => Err(e),
             },
+        },
+        Command::Cron { command } => {
+            let (remote, op) = match command {
+                CronCommand::List { json, remote } => (remote, client::CronOp::List { json }),
+                CronCommand::Next { name, count, remote } => (remote, client::CronOp::Next { name, count }),
+                CronCommand::Pause { name, remote } => (remote, client::CronOp::Pause { name }),
+                CronCommand::Resume { name, remote } => (remote, client::CronOp::Resume { name }),
+                CronCommand::Fire { name, remote } => (remote, client::CronOp::Fire { name }),
+            };
+            match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.cron(op).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Logs { function, follow, lines, remote } => match Client::new(&remote.url, remote.token) {
+            Ok(c) => c.logs(&function, lines, follow).await,
+            Err(e) => Err(e),
         },
         Command::Functions { command: FunctionsCommand::List { remote } } => {
             match Client::new(&remote.url, remote.token) {

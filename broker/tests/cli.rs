@@ -134,3 +134,52 @@ async fn invoke_and_events_commands_talk_to_the_broker() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     b.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn logs_shows_recent_output_and_follows_new_invocations() {
+    use tokio::io::AsyncBufReadExt;
+    let py = common::python_handler("behaviours.py");
+    let b = common::broker(&format!("functions:\n  - {{name: echo, runtime: python, handler: '{py}', entrypoint: echo}}\n")).await;
+    let invoke = |marker: &'static str| {
+        let (http, url) = (b.http.clone(), b.url("/api/v1/functions/invoke/echo"));
+        async move {
+            let resp = http.post(url).json(&serde_json::json!({"marker": marker})).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    invoke("first-call").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["logs", "echo", "--url", &b.url("")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("echo got {'marker': 'first-call'}"), "{text}");
+
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["logs", "echo", "-f", "--url", &b.url("")])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    // The follower first prints the existing invocation; once it has, a new one must follow.
+    read_until(&mut lines, "first-call").await;
+    invoke("second-call").await;
+    read_until(&mut lines, "second-call").await;
+    follow.kill().await.unwrap();
+    b.running.shutdown().await;
+}
+
+async fn read_until(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>, needle: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the follower printed no line with {needle}");
+}

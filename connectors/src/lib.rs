@@ -3,6 +3,10 @@
 //! the message caused is terminal and its record is durable. No connectors exist yet; the HTTP
 //! ingress in the broker uses the same contract.
 
+pub mod amqp;
+pub mod cron;
+pub mod nats;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -154,7 +158,12 @@ pub trait SourceState: Send + Sync + fmt::Debug + 'static {
 
 /// Builds the source a configuration entry describes (the one explicit registry of connectors).
 pub fn build(config: &switchyard_schemas::config::SourceConfig) -> Box<dyn Source> {
-    match *config {}
+    use switchyard_schemas::config::SourceConfig;
+    match config {
+        SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
+        SourceConfig::Cron(c) => Box::new(cron::CronSource::new(c.clone())),
+        SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
+    }
 }
 
 /// Why a source stopped with an error.

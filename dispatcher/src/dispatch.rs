@@ -74,6 +74,9 @@ pub struct FunctionInfo {
     pub config: FunctionConfig,
     /// Invocations admitted and not yet finished (running or queued).
     pub in_flight: usize,
+    /// Live instances (process runtimes): idle and busy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
 }
 
 struct FunctionEntry {
@@ -347,6 +350,10 @@ impl Dispatcher {
         let finished = Utc::now();
         record.attempts = progress.attempts();
         record.started_at = progress.started();
+        if let Some(init) = progress.cold_start() {
+            record.cold_start = true;
+            record.init_ms = i64::try_from(init.as_millis()).ok();
+        }
         record.finished_at = Some(finished);
         record.duration_ms = Some((finished - received_at).num_milliseconds());
         match &response {
@@ -400,6 +407,8 @@ impl Dispatcher {
             dead_lettered: false,
             trace_id: Some(trace_id_of(event)),
             logs: None,
+            cold_start: false,
+            init_ms: None,
         }
     }
 
@@ -516,12 +525,18 @@ pub enum RemoveError {
 }
 
 fn info(f: &FunctionEntry) -> FunctionInfo {
-    FunctionInfo { config: f.config.clone(), in_flight: f.capacity() - f.admission.available_permits() }
+    FunctionInfo {
+        config: f.config.clone(),
+        in_flight: f.capacity() - f.admission.available_permits(),
+        instances: f.runtime.instances(),
+    }
 }
 
 async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<FunctionEntry, DeployError> {
     let runtime = runtime::build(config, http).await?;
-    let service = stack::build(Arc::clone(&runtime), config.max_concurrency);
+    // One invocation per instance: at most max_instances run; the rest wait in the queue.
+    let limit = config.max_instances.map_or(config.max_concurrency, |m| m.min(config.max_concurrency));
+    let service = stack::build(Arc::clone(&runtime), limit);
     let admission = Arc::new(Semaphore::new(config.max_concurrency + config.queue_size));
     Ok(FunctionEntry { config: config.clone(), runtime, service, admission })
 }

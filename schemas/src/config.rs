@@ -127,8 +127,19 @@ impl Default for RecordsConfig {
 pub enum RuntimeKind {
     /// POST the event in CloudEvents binary mode to `url`.
     Http,
-    /// A warm Python worker process per concurrent slot that calls `entrypoint` in `handler`.
+    /// Warm Python worker processes that call `entrypoint` in `handler`.
     Python,
+    /// Warm Node.js worker processes that call the handler exported by `handler` (ES module or CommonJS).
+    Node,
+    /// Any program (`command`) that speaks the worker protocol (docs/worker-protocol.md).
+    Process,
+}
+
+impl RuntimeKind {
+    /// Whether functions of this kind run in worker processes.
+    pub const fn is_process(self) -> bool {
+        !matches!(self, Self::Http)
+    }
 }
 
 impl fmt::Display for RuntimeKind {
@@ -136,6 +147,8 @@ impl fmt::Display for RuntimeKind {
         f.write_str(match self {
             Self::Http => "http",
             Self::Python => "python",
+            Self::Node => "node",
+            Self::Process => "process",
         })
     }
 }
@@ -146,20 +159,47 @@ impl fmt::Display for RuntimeKind {
 pub struct FunctionConfig {
     /// Unique name: letters, digits, `-` and `_`, at most 63 characters.
     pub name: String,
-    /// `http` or `python`.
+    /// `http`, `python`, `node` or `process`.
     pub runtime: RuntimeKind,
     /// `http` only: the URL the event is POSTed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// `python` only: path of the handler file (relative paths are taken from the config file's folder).
+    /// `python` and `node`: path of the handler file (relative paths are taken from the config file's folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
-    /// `python` only: the name of the handler function in the file. Default `handler`.
+    /// `python` and `node`: the name of the handler function. Default `handler` (node also finds
+    /// `handle` and a default export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
-    /// `python` only: the interpreter. Default `python3`.
+    /// `python` and `node`: the interpreter. Default `python3` / `node`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpreter: Option<String>,
+    /// `process` only: the program and its arguments; it must speak the worker protocol. A relative
+    /// program path is taken from the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Process runtimes: warm instances kept even when idle. Default 0 (scale to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<usize>,
+    /// Process runtimes: most instances at once (one invocation per instance). Default `max_concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<usize>,
+    /// Process runtimes: an instance idle this long is stopped (down to `min_instances`). Default `60s`.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub idle_timeout: Option<Duration>,
+    /// Process runtimes: memory limit per instance in MiB (RLIMIT_AS; for node, the V8 heap limit).
+    /// Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Process runtimes: CPU time limit per instance (RLIMIT_CPU, over the instance's whole life; an
+    /// instance that reaches it is killed and replaced). Default: none.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub cpu_time: Option<Duration>,
+    /// Process runtimes: most open files per instance (RLIMIT_NOFILE). Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
     /// Longest time one attempt may take. Default `30s`, at most `300s`.
     #[serde(default = "default_timeout", with = "crate::duration")]
     #[schemars(with = "String")]
@@ -197,6 +237,13 @@ impl FunctionConfig {
             handler: None,
             entrypoint: None,
             interpreter: None,
+            command: None,
+            min_instances: None,
+            max_instances: None,
+            idle_timeout: None,
+            memory_mb: None,
+            cpu_time: None,
+            max_open_files: None,
             timeout: default_timeout(),
             max_concurrency: default_max_concurrency(),
             queue_size: default_queue_size(),
@@ -210,19 +257,50 @@ impl FunctionConfig {
     /// The first problem, with the field path.
     pub fn validate(&self, at: &str) -> Result<(), FieldError> {
         check_name(&self.name, &format!("{at}.name"))?;
-        let only = |field: &str, set: bool, kind: RuntimeKind| -> Result<(), FieldError> {
-            if set && self.runtime != kind {
+        let only = |field: &str, set: bool, kinds: &[RuntimeKind]| -> Result<(), FieldError> {
+            if set && !kinds.contains(&self.runtime) {
+                let names: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
                 return Err(FieldError::new(
                     format!("{at}.{field}"),
-                    format!("only valid with runtime `{kind}` (this function has runtime `{}`)", self.runtime),
+                    format!("only valid with runtime {} (this function has runtime `{}`)", names.join(" or "), self.runtime),
                 ));
             }
             Ok(())
         };
-        only("url", self.url.is_some(), RuntimeKind::Http)?;
-        only("handler", self.handler.is_some(), RuntimeKind::Python)?;
-        only("entrypoint", self.entrypoint.is_some(), RuntimeKind::Python)?;
-        only("interpreter", self.interpreter.is_some(), RuntimeKind::Python)?;
+        use RuntimeKind::{Http, Node, Process, Python};
+        only("url", self.url.is_some(), &[Http])?;
+        only("handler", self.handler.is_some(), &[Python, Node])?;
+        only("entrypoint", self.entrypoint.is_some(), &[Python, Node])?;
+        only("interpreter", self.interpreter.is_some(), &[Python, Node])?;
+        only("command", self.command.is_some(), &[Process])?;
+        let procs = &[Python, Node, Process];
+        only("min_instances", self.min_instances.is_some(), procs)?;
+        only("max_instances", self.max_instances.is_some(), procs)?;
+        only("idle_timeout", self.idle_timeout.is_some(), procs)?;
+        only("memory_mb", self.memory_mb.is_some(), procs)?;
+        only("cpu_time", self.cpu_time.is_some(), procs)?;
+        only("max_open_files", self.max_open_files.is_some(), procs)?;
+        if self.max_instances == Some(0) {
+            return Err(FieldError::new(format!("{at}.max_instances"), "must be at least 1"));
+        }
+        if self.min_instances.unwrap_or(0) > self.max_instances.unwrap_or(self.max_concurrency) {
+            return Err(FieldError::new(
+                format!("{at}.min_instances"),
+                "must not exceed max_instances (default: max_concurrency)",
+            ));
+        }
+        if self.memory_mb.is_some_and(|m| m < 16) {
+            return Err(FieldError::new(format!("{at}.memory_mb"), "must be at least 16"));
+        }
+        if self.max_open_files.is_some_and(|n| n < 16) {
+            return Err(FieldError::new(format!("{at}.max_open_files"), "must be at least 16"));
+        }
+        if self.cpu_time.is_some_and(|t| t < Duration::from_secs(1)) {
+            return Err(FieldError::new(format!("{at}.cpu_time"), "must be at least 1s"));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(FieldError::new(format!("{at}.idle_timeout"), "must be more than 0s"));
+        }
         match self.runtime {
             RuntimeKind::Http => {
                 let url = self
@@ -235,10 +313,16 @@ impl FunctionConfig {
                     return Err(FieldError::new(format!("{at}.url"), "must be an http:// or https:// URL"));
                 }
             }
-            RuntimeKind::Python => {
+            RuntimeKind::Process => {
+                let ok = self.command.as_ref().is_some_and(|c| c.first().is_some_and(|p| !p.is_empty()));
+                if !ok {
+                    return Err(FieldError::new(format!("{at}.command"), "required for runtime `process`: [program, args...]"));
+                }
+            }
+            RuntimeKind::Python | RuntimeKind::Node => {
                 let handler = self.handler.as_deref().unwrap_or("");
                 if handler.is_empty() {
-                    return Err(FieldError::new(format!("{at}.handler"), "required for runtime `python`"));
+                    return Err(FieldError::new(format!("{at}.handler"), format!("required for runtime `{}`", self.runtime)));
                 }
                 if let Some(entry) = &self.entrypoint {
                     let ok = !entry.is_empty()
@@ -247,7 +331,7 @@ impl FunctionConfig {
                     if !ok {
                         return Err(FieldError::new(
                             format!("{at}.entrypoint"),
-                            format!("{entry:?} is not a Python identifier"),
+                            format!("{entry:?} is not an identifier"),
                         ));
                     }
                 }
@@ -517,6 +601,12 @@ impl Config {
             if let Some(h) = &f.handler {
                 if Path::new(h).is_relative() {
                     f.handler = Some(base.join(h).display().to_string());
+                }
+            }
+            if let Some(program) = f.command.as_mut().and_then(|c| c.first_mut()) {
+                // A bare name (`perl`) is looked up on PATH; a relative path is the config file's.
+                if program.contains('/') && Path::new(program.as_str()).is_relative() {
+                    *program = base.join(program.as_str()).display().to_string();
                 }
             }
         }

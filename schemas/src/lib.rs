@@ -16,4 +16,5 @@ pub use record::{ErrorKind, EventRecord, Status};
 pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "event_records", include_str!("../sql/sqlite/0001_event_records.sql")),
     (2, "source_state", include_str!("../sql/sqlite/0002_source_state.sql")),
+    (3, "cold_start", include_str!("../sql/sqlite/0003_cold_start.sql")),
 ];

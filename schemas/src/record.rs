@@ -211,6 +211,12 @@ pub struct EventRecord {
     pub trace_id: Option<String>,
     /// What the function printed (capped).
     pub logs: Option<String>,
+    /// An attempt had to start a new function instance (process runtimes).
+    #[serde(default)]
+    pub cold_start: bool,
+    /// How long that instance took to initialise, in milliseconds.
+    #[serde(default)]
+    pub init_ms: Option<i64>,
 }
 
 #[cfg(test)]

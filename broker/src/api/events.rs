@@ -53,6 +53,7 @@ pub struct ListParams {
     since: Option<String>,
     until: Option<String>,
     cursor: Option<String>,
+    after: Option<String>,
     limit: Option<u32>,
 }
 
@@ -97,6 +98,11 @@ pub async fn list(
             .map(|c| Uuid::parse_str(&c))
             .transpose()
             .map_err(|_| ApiError::bad_request("bad_query", "cursor: not a cursor from a previous page"))?,
+        after: p
+            .after
+            .map(|c| Uuid::parse_str(&c))
+            .transpose()
+            .map_err(|_| ApiError::bad_request("bad_query", "after: not a record id"))?,
         limit,
     };
     let items = state.dispatcher.store().list(&q).await.map_err(|e| ApiError::internal(&e))?;

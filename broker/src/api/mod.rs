@@ -1,6 +1,7 @@
 //! The HTTP API: CloudEvents ingress, synchronous invoke, function management, event records and
 //! health. One [`ApiError`] type gives every failure a stable JSON body that never leaks internals.
 
+mod cron;
 mod events;
 mod functions;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<String>>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// The running cron sources (list, pause, resume, fire now).
+    pub cron: crate::cron_ops::CronSources,
 }
 
 /// An API failure: status, a stable machine-readable code, and a message for people.
@@ -109,6 +112,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v3/events", get(events::list))
         .route("/api/v3/events/{id}", get(events::get_one))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/cron", get(cron::list))
+        .route("/api/v1/cron/{name}", get(cron::get_one))
+        .route("/api/v1/cron/{name}/next", get(cron::next))
+        .route("/api/v1/cron/{name}/pause", post(cron::pause))
+        .route("/api/v1/cron/{name}/resume", post(cron::resume))
+        .route("/api/v1/cron/{name}/fire", post(cron::fire))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -59,6 +59,8 @@ pub struct RecordQuery {
     pub until: Option<DateTime<Utc>>,
     /// Keyset cursor: only records older than this id (the previous page's `next_cursor`).
     pub before: Option<Uuid>,
+    /// Only records newer than this id, oldest first (for following new records).
+    pub after: Option<Uuid>,
     /// Page size (1..=1000).
     pub limit: u32,
 }
@@ -159,7 +161,8 @@ impl RecordStore {
                 "INSERT INTO event_records (id, event_id, event_source, event_type, event_subject, trigger_name,
                     function_name, status, attempts, received_at, started_at, finished_at, duration_ms, request,
                     request_base64, request_size, request_truncated, response_status, response, response_base64,
-                    response_size, response_truncated, error_kind, error_message, dead_lettered, trace_id, logs) ",
+                    response_size, response_truncated, error_kind, error_message, dead_lettered, trace_id, logs,
+                    cold_start, init_ms) ",
             );
             qb.push_values(chunk.iter().map(|&i| &records[i]), |mut b, r| {
                 b.push_bind(r.id.to_string())
@@ -188,7 +191,9 @@ impl RecordStore {
                     .push_bind(&r.error_message)
                     .push_bind(r.dead_lettered)
                     .push_bind(&r.trace_id)
-                    .push_bind(&r.logs);
+                    .push_bind(&r.logs)
+                    .push_bind(r.cold_start)
+                    .push_bind(r.init_ms);
             });
             qb.push(
                 " ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
@@ -197,7 +202,8 @@ impl RecordStore {
                     response = excluded.response, response_base64 = excluded.response_base64,
                     response_size = excluded.response_size, response_truncated = excluded.response_truncated,
                     error_kind = excluded.error_kind, error_message = excluded.error_message,
-                    dead_lettered = excluded.dead_lettered, trace_id = excluded.trace_id, logs = excluded.logs",
+                    dead_lettered = excluded.dead_lettered, trace_id = excluded.trace_id, logs = excluded.logs,
+                    cold_start = excluded.cold_start, init_ms = excluded.init_ms",
             );
             qb.build().execute(&mut *tx).await.map_err(q)?;
         }
@@ -248,7 +254,11 @@ impl RecordStore {
             sql.push_str(" AND id < ?");
             args.push(b.to_string());
         }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        if let Some(a) = q.after {
+            sql.push_str(" AND id > ?");
+            args.push(a.to_string());
+        }
+        sql.push_str(if q.after.is_some() { " ORDER BY id ASC LIMIT ?" } else { " ORDER BY id DESC LIMIT ?" });
         let mut query = sqlx::query(&sql);
         for a in &args {
             query = query.bind(a);
@@ -329,6 +339,8 @@ fn from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
         dead_lettered: row.get("dead_lettered"),
         trace_id: row.get("trace_id"),
         logs: row.get("logs"),
+        cold_start: row.get("cold_start"),
+        init_ms: row.get("init_ms"),
     })
 }
 
@@ -360,6 +372,8 @@ mod tests {
             dead_lettered: false,
             trace_id: None,
             logs: None,
+            cold_start: false,
+            init_ms: None,
         }
     }
 

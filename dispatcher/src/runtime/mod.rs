@@ -43,6 +43,7 @@ pub struct Invocation {
 pub struct Progress {
     attempts: AtomicU32,
     started: OnceLock<DateTime<Utc>>,
+    init: OnceLock<Duration>,
 }
 
 impl Progress {
@@ -58,6 +59,14 @@ impl Progress {
     /// When the first attempt started.
     pub fn started(&self) -> Option<DateTime<Utc>> {
         self.started.get().copied()
+    }
+    /// Notes that an attempt had to start a new instance, and how long its initialisation took.
+    pub fn note_cold_start(&self, init: Duration) {
+        let _ = self.init.set(init);
+    }
+    /// The initialisation time of a cold start, if there was one.
+    pub fn cold_start(&self) -> Option<Duration> {
+        self.init.get().copied()
     }
 }
 
@@ -181,6 +190,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops idle workers and frees resources. Called when the function is removed or at shutdown.
     async fn shutdown(&self) {}
+
+    /// Live instances, for runtimes that run them (process runtimes).
+    fn instances(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A function that cannot be deployed.
@@ -200,7 +214,19 @@ pub struct DeployError {
 pub async fn build(config: &FunctionConfig, http: &reqwest::Client) -> Result<Arc<dyn Runtime>, DeployError> {
     match config.runtime {
         RuntimeKind::Http => Ok(Arc::new(http::HttpRuntime::new(config, http.clone())?)),
-        RuntimeKind::Python => Ok(Arc::new(process::python::PythonRuntime::deploy(config).await?)),
+        RuntimeKind::Python | RuntimeKind::Node | RuntimeKind::Process => {
+            let spec = match config.runtime {
+                RuntimeKind::Python => process::python::spec(config).await?,
+                RuntimeKind::Node => process::node::spec(config)?,
+                _ => process::custom_spec(config)?,
+            };
+            let min = config.min_instances.unwrap_or(0);
+            let idle = config.idle_timeout.unwrap_or(process::pool::DEFAULT_IDLE_TIMEOUT);
+            let runtime = process::ProcessRuntime::deploy(spec, min, idle)
+                .await
+                .map_err(|e| DeployError { function: config.name.clone(), message: format!("does not load: {}", e.message) })?;
+            Ok(Arc::new(runtime))
+        }
     }
 }
 

@@ -7,22 +7,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FieldError;
 
+pub mod amqp;
+pub mod cron;
+pub mod nats;
+pub use amqp::AmqpSourceConfig;
+pub use cron::CronSourceConfig;
+pub use nats::NatsSourceConfig;
+
 /// A message source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {}
+pub enum SourceConfig {
+    /// RabbitMQ (AMQP 0-9-1): a queue consumed with manual acks (at-least-once).
+    Amqp(AmqpSourceConfig),
+    /// Cron: a tick event at every scheduled instant of a cron expression in an IANA timezone.
+    Cron(CronSourceConfig),
+    /// NATS: core subscriptions (at-most-once) or a JetStream durable consumer (at-least-once).
+    Nats(NatsSourceConfig),
+}
 
 impl SourceConfig {
     /// The source's unique name.
     pub fn name(&self) -> &str {
-        match *self {}
+        match self {
+            Self::Amqp(c) => &c.name,
+            Self::Cron(c) => &c.name,
+            Self::Nats(c) => &c.name,
+        }
     }
 
     /// Checks the source's own fields. `at` is the field path, e.g. `sources[0]`.
     ///
     /// # Errors
     /// The first problem, with the field path.
-    pub fn validate(&self, _at: &str) -> Result<(), FieldError> {
-        match *self {}
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        match self {
+            Self::Amqp(c) => c.validate(at),
+            Self::Cron(c) => c.validate(at),
+            Self::Nats(c) => c.validate(at),
+        }
     }
 }

@@ -39,3 +39,14 @@ def env(event):
 
 def status(event):
     return {"statusCode": int(event["code"]), "body": "status " + str(event["code"])}
+
+
+def hog(event):
+    chunks = []
+    while True:
+        chunks.append(bytearray(16 * 1024 * 1024))
+
+
+def pid_after(event):
+    time.sleep(float(event.get("seconds", 0.3)))
+    return {"pid": os.getpid()}

@@ -5,15 +5,13 @@ Protocol (see docs/worker-protocol.md): frames on the process's original stdin/s
 protocol to private descriptors and points fd 1 at fd 2, so whatever a handler prints goes to the
 log stream and can never corrupt the protocol.
 """
-import base64
-import inspect
-import importlib.util
 import json
 import os
 import struct
 import sys
 import time
-import traceback
+
+# base64, inspect and traceback are imported only when needed: cold starts are mostly imports.
 
 _proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
 _proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -74,6 +72,8 @@ class Context(dict):
 
 
 def _error(exc, kind="handler"):
+    import traceback
+
     return {
         "kind": kind,
         "type": type(exc).__name__,
@@ -84,6 +84,8 @@ def _error(exc, kind="handler"):
 
 
 def _load(path, entrypoint):
+    import importlib.util
+
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in sys.path:
         sys.path.insert(0, directory)
@@ -95,12 +97,19 @@ def _load(path, entrypoint):
     fn = getattr(module, entrypoint, None)
     if fn is None or not callable(fn):
         raise AttributeError(f"{path} has no callable {entrypoint!r}")
-    try:
-        params = inspect.signature(fn).parameters.values()
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        wants_context = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
-    except (TypeError, ValueError):
-        wants_context = True
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        # Plain functions: count positional parameters without importing inspect.
+        wants_context = code.co_argcount - (1 if hasattr(fn, "__self__") else 0) >= 2 or bool(code.co_flags & 0x04)
+    else:
+        import inspect
+
+        try:
+            params = inspect.signature(fn).parameters.values()
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            wants_context = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+        except (TypeError, ValueError):
+            wants_context = True
     return fn, wants_context
 
 
@@ -114,6 +123,8 @@ def _response(result):
     if body is None:
         return {"status": status, "headers": headers, "body": ""}
     if isinstance(body, (bytes, bytearray)):
+        import base64
+
         return {"status": status, "headers": headers, "body_base64": base64.b64encode(body).decode()}
     if not isinstance(body, str):
         headers.setdefault("content-type", "application/json")

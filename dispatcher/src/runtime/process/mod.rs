@@ -2,7 +2,11 @@
 //! JSON worker protocol on the process's stdin/stdout, and per-invocation log capture from stderr.
 //! A worker serves one invocation at a time; a dropped (timed-out) call kills its worker.
 
+pub mod node;
+pub mod pool;
 pub mod python;
+
+pub use pool::ProcessRuntime;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +41,87 @@ pub struct Spawn {
     pub cwd: PathBuf,
     /// The function, for spans and messages.
     pub function: String,
+    /// Resource limits applied to the process before it runs.
+    pub limits: Limits,
+}
+
+/// Per-instance resource limits, applied with setrlimit(2) in the child before exec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// RLIMIT_AS in bytes (address space); None for runtimes that limit memory another way.
+    pub address_space: Option<u64>,
+    /// RLIMIT_CPU in seconds (CPU time over the instance's life).
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+}
+
+impl Limits {
+    /// Applies the limits to the calling process. Only async-signal-safe calls: used between fork
+    /// and exec.
+    fn apply(self) -> std::io::Result<()> {
+        fn set(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+            let lim = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
+            // SAFETY: setrlimit only reads the struct we pass; it is async-signal-safe.
+            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        if let Some(v) = self.address_space {
+            set(libc::RLIMIT_AS, v)?;
+        }
+        if let Some(v) = self.cpu_seconds {
+            set(libc::RLIMIT_CPU, v)?;
+        }
+        if let Some(v) = self.open_files {
+            set(libc::RLIMIT_NOFILE, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The limits a function's configuration asks for, with the defaults (256 MiB, 256 files, no CPU cap).
+pub fn limits_of(config: &switchyard_schemas::config::FunctionConfig, memory_as_rlimit: bool) -> Limits {
+    Limits {
+        address_space: memory_as_rlimit.then(|| config.memory_mb.unwrap_or(DEFAULT_MEMORY_MB) * 1024 * 1024),
+        cpu_seconds: config.cpu_time.map(|t| t.as_secs().max(1)),
+        open_files: Some(config.max_open_files.unwrap_or(DEFAULT_OPEN_FILES)),
+    }
+}
+
+/// Default memory limit per instance, in MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+/// Default open-files limit per instance.
+pub const DEFAULT_OPEN_FILES: u64 = 256;
+
+/// Looks a program up on the broker's PATH (workers get a fixed PATH, so names are resolved here).
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join(program)).find(|p| p.is_file())
+}
+
+/// The spawn spec of a `process` function: its `command`, run from its program's folder.
+///
+/// # Errors
+/// When the program cannot be found.
+pub fn custom_spec(config: &switchyard_schemas::config::FunctionConfig) -> Result<Spawn, super::DeployError> {
+    let err = |message: String| super::DeployError { function: config.name.clone(), message };
+    let command = config.command.clone().unwrap_or_default();
+    let (program, args) = command.split_first().ok_or_else(|| err("runtime process needs `command`".to_owned()))?;
+    let path = which(program).ok_or_else(|| err(format!("command program {program:?} not found")))?;
+    let cwd = path.parent().map_or_else(|| PathBuf::from("/"), std::path::Path::to_path_buf);
+    Ok(Spawn {
+        program: path,
+        args: args.to_vec(),
+        env: base_env(&config.env),
+        cwd,
+        function: config.name.clone(),
+        limits: limits_of(config, true),
+    })
 }
 
 /// The environment a worker starts from: a fixed PATH, HOME and LANG, then the function's `env`.
@@ -76,7 +161,13 @@ impl Worker {
     /// [`InvokeError`] of kind `init` with the worker's own error (e.g. a Python traceback) when it
     /// cannot load, or `crashed` when it dies first.
     pub async fn start(spec: &Spawn) -> Result<Self, InvokeError> {
-        let mut child = Command::new(&spec.program)
+        let mut command = Command::new(&spec.program);
+        let limits = spec.limits;
+        // SAFETY: the closure only calls setrlimit, which is async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || limits.apply());
+        }
+        let mut child = command
             .args(&spec.args)
             .env_clear()
             .envs(&spec.env)
