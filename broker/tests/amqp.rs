@@ -268,11 +268,12 @@ async fn rabbitmq_restarted_mid_run_loses_nothing() {
     let queue = unique("sy-restart");
     declare_durable(&ch, &queue).await;
     let fs = function_server().await;
-    let n = 3000;
+    // 6000 messages at about 16 per 20 ms take ~7 s: the restart (a few seconds) lands mid-run.
+    let n = 6000;
     let b = broker(&format!(
         "{}functions:\n  - {{name: ok, runtime: http, url: '{}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n",
         source_yaml(&queue, 32),
-        fs.url("/slow/2")
+        fs.url("/slow/20")
     ))
     .await;
     publish(&ch, &queue, "s", n).await;
