@@ -19,7 +19,8 @@ use switchyard_dispatcher::records::{RecordQuery, RecordStore};
 use switchyard_schemas::{Config, Status};
 use tokio::sync::Semaphore;
 
-const IN_FLIGHT: usize = 64;
+/// The in-flight window of both loops (the NATS source's default `max_in_flight`).
+const IN_FLIGHT: usize = 256;
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
