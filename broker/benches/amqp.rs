@@ -8,10 +8,10 @@
 //! 20000; `SWITCHYARD_BENCH_PREFETCH`, a comma-separated list, default `64,256`). Under `cargo test` it runs 200 messages as a
 //! smoke test. Needs RabbitMQ on 127.0.0.1:5672 (guest/guest).
 
+mod support;
+
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::routing::post;
-use axum::Router;
 use futures::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -19,54 +19,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
+use support::{noop_server, Run};
 use switchyard_broker::app;
 use switchyard_connectors::amqp::binding::to_amqp_binary;
 use switchyard_dispatcher::records::RecordQuery;
 use switchyard_schemas::{CloudEvent, Config, Data, Status};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-struct Run {
-    name: &'static str,
-    n: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.elapsed.as_secs_f64()
-    }
-    fn row(&self, baseline: f64) -> String {
-        let mut l = self.latencies.clone();
-        l.sort();
-        format!(
-            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} |",
-            self.name,
-            self.n,
-            self.rate(),
-            self.rate() / baseline,
-            percentile(&l, 0.50).as_secs_f64() * 1000.0,
-            percentile(&l, 0.99).as_secs_f64() * 1000.0,
-        )
-    }
-}
-
-async fn noop_server() -> String {
-    let app = Router::new().route("/", post(|| async { "" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/")
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -4,48 +4,15 @@
 //! Run: `cargo bench -p switchyard-broker --bench e2e` (env: `SWITCHYARD_BENCH_EVENTS`, default
 //! 20000; `SWITCHYARD_BENCH_CONCURRENCY`, default 32). Under `cargo test` it runs a small smoke load.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
-use axum::Router;
+use support::{noop_server, Run};
 use switchyard_broker::app;
 use switchyard_dispatcher::records::RecordQuery;
 use switchyard_schemas::{Config, Status};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-struct Run {
-    name: &'static str,
-    n: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.elapsed.as_secs_f64()
-    }
-    fn row(&self, baseline: f64) -> String {
-        let mut l = self.latencies.clone();
-        l.sort();
-        format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
-            self.name,
-            self.n,
-            self.rate(),
-            self.rate() / baseline,
-            percentile(&l, 0.50).as_secs_f64() * 1000.0,
-            percentile(&l, 0.99).as_secs_f64() * 1000.0,
-        )
-    }
-}
 
 /// Sends `n` requests with `concurrency` workers; `make` builds request i.
 async fn drive(
@@ -81,14 +48,6 @@ async fn drive(
         all.extend(w.await.unwrap());
     }
     (start.elapsed(), all)
-}
-
-async fn noop_server() -> String {
-    let app = Router::new().route("/", post(|| async { "" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/")
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

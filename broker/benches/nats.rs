@@ -6,14 +6,15 @@
 //! Throughput: draining a backlog of N messages. Latency: N/10 messages published at a steady
 //! 500 msg/s, from publish (timestamp in the body) to acked (bare) or SUCCESS record committed.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use axum::routing::post;
-use axum::Router;
 use futures::StreamExt;
+use support::noop_server;
 use switchyard_broker::app;
 use switchyard_dispatcher::records::{RecordQuery, RecordStore};
 use switchyard_schemas::{Config, Status};
@@ -32,14 +33,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn noop_server() -> String {
-    let app = Router::new().route("/", post(|| async { "" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/")
 }
 
 async fn stream(js: &jetstream::Context, name: &str, subject: &str) {
@@ -138,8 +131,11 @@ async fn record_latencies(store: &RecordStore, n: usize) -> Vec<f64> {
 #[tokio::main]
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize =
-        if bench { std::env::var("SWITCHYARD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000) } else { 300 };
+    let n: usize = if bench {
+        std::env::var("SWITCHYARD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    } else {
+        300
+    };
     let paced = (n / 10).max(50);
     let client = async_nats::connect("nats://127.0.0.1:4222").await.expect("NATS on 127.0.0.1:4222");
     let js = jetstream::new(client);
@@ -184,6 +180,15 @@ async fn main() {
     println!("\nNATS JetStream, {n} messages backlog, {paced} paced at 500 msg/s, in-flight {IN_FLIGHT}\n");
     println!("| path | events/s (backlog) | ratio | p50 ms (paced) | p99 ms (paced) |");
     println!("|---|---|---|---|---|");
-    println!("| bare async-nats loop: consume -> POST no-op -> ack | {br:.0} | 1.00 | {:.2} | {:.2} |", pct(&mut bare_lat, 0.5), pct(&mut bare_lat, 0.99));
-    println!("| switchyard: nats source -> no-op function -> SUCCESS record | {sr:.0} | {:.2} | {:.2} | {:.2} |", sr / br, pct(&mut sy_lat, 0.5), pct(&mut sy_lat, 0.99));
+    println!(
+        "| bare async-nats loop: consume -> POST no-op -> ack | {br:.0} | 1.00 | {:.2} | {:.2} |",
+        pct(&mut bare_lat, 0.5),
+        pct(&mut bare_lat, 0.99)
+    );
+    println!(
+        "| switchyard: nats source -> no-op function -> SUCCESS record | {sr:.0} | {:.2} | {:.2} | {:.2} |",
+        sr / br,
+        pct(&mut sy_lat, 0.5),
+        pct(&mut sy_lat, 0.99)
+    );
 }

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{broker, function_server, unique};
+use common::{broker, function_server, process_yaml, unique, wait_successes, Serve};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use switchyard_connectors::amqp::binding::to_amqp_binary;
-use switchyard_dispatcher::records::{RecordQuery, RecordStore};
+use switchyard_dispatcher::records::RecordStore;
 use switchyard_schemas::{CloudEvent, Data, Status};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -76,39 +76,6 @@ async fn queue_depth(conn: &Connection, queue: &str) -> (u32, u32) {
     (q.message_count(), q.consumer_count())
 }
 
-/// SUCCESS records per event id.
-async fn successes(store: &RecordStore) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    let mut before = None;
-    loop {
-        let q = RecordQuery { status: Some(Status::Success), before, limit: 1000, ..Default::default() };
-        let page = store.list(&q).await.unwrap();
-        for r in &page {
-            *out.entry(r.event_id.clone()).or_insert(0) += 1;
-        }
-        match page.last() {
-            Some(last) if page.len() == 1000 => before = Some(last.id),
-            _ => return out,
-        }
-    }
-}
-
-async fn wait_successes(store: &RecordStore, n: usize, secs: u64) -> HashMap<String, usize> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        // Counting is cheap; read the ids only once the count says they may all be there.
-        if store.count(Some(Status::Success)).await.unwrap() >= i64::try_from(n).unwrap() {
-            let s = successes(store).await;
-            if s.len() >= n {
-                return s;
-            }
-        }
-        let have = store.count(Some(Status::Success)).await.unwrap();
-        assert!(tokio::time::Instant::now() < deadline, "after {secs}s only {have} SUCCESS records for {n} messages");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn assert_all(s: &HashMap<String, usize>, prefix: &str, n: usize) {
     let missing: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).filter(|id| !s.contains_key(id)).collect();
     assert!(
@@ -139,48 +106,12 @@ async fn ten_thousand_messages_each_get_a_success_record() {
     ))
     .await;
     publish(&ch, &queue, "m", 10_000).await;
-    let s = wait_successes(b.running.dispatcher.store(), 10_000, 180).await;
+    let s = wait_successes(b.running.dispatcher.store(), None, 10_000, 180).await;
     assert_all(&s, "m", 10_000);
     assert_eq!(s.len(), 10_000);
     b.running.shutdown().await;
     assert_eq!(queue_depth(&conn, &queue).await, (0, 0), "every message acked, consumer gone");
     let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-}
-
-/// A `switchyard serve` process.
-struct Proc {
-    child: tokio::process::Child,
-}
-
-impl Proc {
-    fn start(dir: &std::path::Path, name: &str, yaml: &str) -> Self {
-        let cfg = dir.join(format!("{name}.yaml"));
-        std::fs::write(&cfg, yaml).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["serve", "-c", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Self { child }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    }
-
-    async fn wait(mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
-    }
-}
-
-fn process_yaml(store: &str, source: &str, function_url: &str) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!(
-        "store: sqlite://{store}\nserver: {{bind: '127.0.0.1:{port}', shutdown_grace: 10s}}\n{source}functions:\n  - {{name: ok, runtime: http, url: '{function_url}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n"
-    )
 }
 
 #[tokio::test]
@@ -195,10 +126,10 @@ async fn two_serve_processes_are_competing_consumers() {
     // Create the store before two processes race to migrate it.
     let store = RecordStore::open(&format!("sqlite://{store_path}")).await.unwrap();
     let source = source_yaml(&queue, 16);
-    let a = Proc::start(dir.path(), "a", &process_yaml(&store_path, &source, &fs1.url("/busy")));
-    let b = Proc::start(dir.path(), "b", &process_yaml(&store_path, &source, &fs2.url("/busy")));
+    let a = Serve::start(dir.path(), "a", &process_yaml(&store_path, &source, &fs1.url("/busy")));
+    let b = Serve::start(dir.path(), "b", &process_yaml(&store_path, &source, &fs2.url("/busy")));
     publish(&ch, &queue, "c", 2000).await;
-    let s = wait_successes(&store, 2000, 120).await;
+    let s = wait_successes(&store, None, 2000, 120).await;
     a.signal("-TERM");
     b.signal("-TERM");
     assert!(a.wait().await.success());
@@ -226,7 +157,7 @@ async fn kill_9_mid_run_then_restart_loses_nothing() {
     let n = 3000;
     let yaml = process_yaml(&store_path, &source_yaml(&queue, prefetch), &fs.url("/slow/2"));
     publish(&ch, &queue, "k", n).await;
-    let first = Proc::start(dir.path(), "first", &yaml);
+    let first = Serve::start(dir.path(), "first", &yaml);
     // Kill it once it is well into the run.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while store.count(Some(Status::Success)).await.unwrap() < 500 {
@@ -237,8 +168,8 @@ async fn kill_9_mid_run_then_restart_loses_nothing() {
     let _ = first.wait().await;
     let done_before = store.count(Some(Status::Success)).await.unwrap();
     assert!(done_before < i64::try_from(n).unwrap(), "killed too late to test anything");
-    let second = Proc::start(dir.path(), "second", &yaml);
-    let s = wait_successes(&store, n, 120).await;
+    let second = Serve::start(dir.path(), "second", &yaml);
+    let s = wait_successes(&store, None, n, 120).await;
     second.signal("-TERM");
     assert!(second.wait().await.success());
     assert_all(&s, "k", n);
@@ -288,7 +219,7 @@ async fn rabbitmq_restarted_mid_run_loses_nothing() {
     rabbitmqctl(&["start_app"]).await;
     rabbitmqctl(&["await_startup"]).await;
     assert!(during < i64::try_from(n).unwrap(), "restarted too late to test anything");
-    let s = wait_successes(&store, n, 180).await;
+    let s = wait_successes(&store, None, n, 180).await;
     assert_all(&s, "s", n);
     b.running.shutdown().await;
     let (conn, ch) = rabbit().await.expect("RabbitMQ is back");

@@ -139,7 +139,10 @@ async fn invoke_and_events_commands_talk_to_the_broker() {
 async fn logs_shows_recent_output_and_follows_new_invocations() {
     use tokio::io::AsyncBufReadExt;
     let py = common::python_handler("behaviours.py");
-    let b = common::broker(&format!("functions:\n  - {{name: echo, runtime: python, handler: '{py}', entrypoint: echo}}\n")).await;
+    let b = common::broker(&format!(
+        "functions:\n  - {{name: echo, runtime: python, handler: '{py}', entrypoint: echo}}\n"
+    ))
+    .await;
     let invoke = |marker: &'static str| {
         let (http, url) = (b.http.clone(), b.url("/api/v1/functions/invoke/echo"));
         async move {

@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{broker, function_server};
-use switchyard_dispatcher::records::{RecordQuery, RecordStore};
-use switchyard_schemas::Status;
+use common::{broker, function_server, process_yaml, wait_successes, Serve};
+use switchyard_dispatcher::records::RecordStore;
 
 /// The server-restart test stops NATS: no other test of this file may run meanwhile.
 static NATS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -52,41 +49,6 @@ async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
     }
 }
 
-/// Event ids with a SUCCESS record, and how many SUCCESS records each has.
-async fn successes(store: &RecordStore, function: &str) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    let mut before = None;
-    loop {
-        let q = RecordQuery {
-            function: Some(function.to_owned()),
-            status: Some(Status::Success),
-            before,
-            limit: 1000,
-            ..RecordQuery::default()
-        };
-        let page = store.list(&q).await.unwrap();
-        for r in &page {
-            *out.entry(r.event_id.clone()).or_default() += 1;
-        }
-        if page.len() < 1000 {
-            return out;
-        }
-        before = page.last().map(|r| r.id);
-    }
-}
-
-async fn wait_successes(store: &RecordStore, function: &str, n: usize, secs: u64) -> HashMap<String, usize> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = successes(store, function).await;
-        if s.len() >= n {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} messages have a SUCCESS record", s.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn source_yaml(stream: &str, subject: &str, storage: &str) -> String {
     format!(
         "sources:\n  - type: nats\n    name: js\n    max_in_flight: 64\n    jetstream:\n      stream: {stream}\n      durable: d{stream}\n      ack_wait: 5s\n      create: {{subjects: ['{subject}.>'], storage: {storage}}}\n"
@@ -107,7 +69,7 @@ async fn ten_thousand_messages_each_get_a_success_record() {
     ))
     .await;
     publish(&js, &subject, 10_000).await;
-    let s = wait_successes(b.running.dispatcher.store(), "ok", 10_000, 120).await;
+    let s = wait_successes(b.running.dispatcher.store(), Some("ok"), 10_000, 120).await;
     assert_eq!(s.len(), 10_000);
     assert!(s.keys().all(|id| id.starts_with(&format!("{stream}:"))));
     b.running.shutdown().await;
@@ -116,44 +78,6 @@ async fn ten_thousand_messages_each_get_a_success_record() {
     let info = c.info().await.unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "every message acked");
     js.delete_stream(&stream).await.unwrap();
-}
-
-struct Proc {
-    child: tokio::process::Child,
-}
-
-fn serve(dir: &std::path::Path, name: &str, yaml: &str) -> Proc {
-    let cfg = dir.join(format!("{name}.yaml"));
-    std::fs::write(&cfg, yaml).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "-c", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Proc { child }
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    }
-    async fn wait(mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn process_yaml(store: &str, source: &str, function_url: &str) -> String {
-    format!(
-        "store: sqlite://{store}\nserver: {{bind: '127.0.0.1:{}', shutdown_grace: 10s}}\n{source}functions:\n  - {{name: ok, runtime: http, url: '{function_url}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n",
-        free_port()
-    )
 }
 
 #[tokio::test]
@@ -169,10 +93,10 @@ async fn two_serve_processes_share_one_durable_consumer() {
     let source = source_yaml(&stream, &subject, "memory");
     // Create the store before two processes race to migrate it.
     let store = RecordStore::open(&format!("sqlite://{store_url}")).await.unwrap();
-    let a = serve(dir.path(), "a", &process_yaml(&store_url, &source, &fs1.url("/busy")));
-    let b = serve(dir.path(), "b", &process_yaml(&store_url, &source, &fs2.url("/busy")));
+    let a = Serve::start(dir.path(), "a", &process_yaml(&store_url, &source, &fs1.url("/busy")));
+    let b = Serve::start(dir.path(), "b", &process_yaml(&store_url, &source, &fs2.url("/busy")));
     publish(&js, &subject, 2000).await;
-    let s = wait_successes(&store, "ok", 2000, 120).await;
+    let s = wait_successes(&store, Some("ok"), 2000, 120).await;
     a.signal("-TERM");
     b.signal("-TERM");
     assert!(a.wait().await.success());
@@ -197,12 +121,12 @@ async fn kill_9_mid_run_then_restart_loses_nothing() {
     let store = RecordStore::open(&format!("sqlite://{store_url}")).await.unwrap();
     let yaml = process_yaml(&store_url, &source_yaml(&stream, &subject, "memory"), &fs.url("/busy"));
     publish(&js, &subject, 3000).await;
-    let first = serve(dir.path(), "a", &yaml);
-    wait_successes(&store, "ok", 300, 60).await;
+    let first = Serve::start(dir.path(), "a", &yaml);
+    wait_successes(&store, Some("ok"), 300, 60).await;
     first.signal("-KILL");
     first.wait().await;
-    let second = serve(dir.path(), "a", &yaml);
-    let s = wait_successes(&store, "ok", 3000, 120).await;
+    let second = Serve::start(dir.path(), "a", &yaml);
+    let s = wait_successes(&store, Some("ok"), 3000, 120).await;
     second.signal("-TERM");
     assert!(second.wait().await.success());
     let duplicates: usize = s.values().map(|n| n - 1).sum();
@@ -245,9 +169,9 @@ async fn nats_server_restart_mid_run_loses_nothing() {
     ))
     .await;
     publish(&js, &subject, 3000).await;
-    wait_successes(b.running.dispatcher.store(), "ok", 300, 60).await;
+    wait_successes(b.running.dispatcher.store(), Some("ok"), 300, 60).await;
     restart_nats().await;
-    let s = wait_successes(b.running.dispatcher.store(), "ok", 3000, 180).await;
+    let s = wait_successes(b.running.dispatcher.store(), Some("ok"), 3000, 180).await;
     assert_eq!(s.len(), 3000);
     b.running.shutdown().await;
     let js = self::js().await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{broker, python_handler, Broker};
+use common::{broker, invoke, python_handler, record, Broker};
 use serde_json::{json, Value};
 use switchyard_dispatcher::records::RecordQuery;
 use switchyard_schemas::{ErrorKind, Status};
@@ -26,19 +26,6 @@ async fn behaviours() -> Broker {
         f("status", ""),
     );
     broker(&yaml).await
-}
-
-async fn invoke(b: &Broker, name: &str, data: Value) -> (u16, Value, String) {
-    let resp = b.http.post(b.url(&format!("/api/v1/functions/invoke/{name}"))).json(&data).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let record =
-        resp.headers().get("x-switchyard-record-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), record)
-}
-
-async fn record(b: &Broker, id: &str) -> switchyard_schemas::EventRecord {
-    b.running.dispatcher.store().get(id.parse().unwrap()).await.unwrap().unwrap()
 }
 
 #[tokio::test]

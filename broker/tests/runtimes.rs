@@ -6,24 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{broker, python_handler, Broker};
+use common::{broker, invoke, python_handler, record, Broker};
 use serde_json::{json, Value};
 use switchyard_schemas::ErrorKind;
 
 fn testdata(path: &str) -> String {
     format!("{}/../testdata/functions/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn invoke(b: &Broker, name: &str, data: Value) -> (u16, Value, String) {
-    let resp = b.http.post(b.url(&format!("/api/v1/functions/invoke/{name}"))).json(&data).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let record = resp.headers().get("x-switchyard-record-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), record)
-}
-
-async fn record(b: &Broker, id: &str) -> switchyard_schemas::EventRecord {
-    b.running.dispatcher.store().get(id.parse().unwrap()).await.unwrap().unwrap()
 }
 
 async fn instances(b: &Broker, name: &str) -> u64 {
@@ -54,7 +42,11 @@ async fn node_esm_and_commonjs_handlers() {
     assert!(r.error_message.unwrap().starts_with("Error: node says no: 3"));
     let (status, _, _) = invoke(&b, "slow", json!({"seconds": 30})).await;
     assert_eq!(status, 504);
-    assert_eq!(invoke(&b, "slow", json!({"seconds": 0})).await.1, json!("late"), "a new instance replaced the killed one");
+    assert_eq!(
+        invoke(&b, "slow", json!({"seconds": 0})).await.1,
+        json!("late"),
+        "a new instance replaced the killed one"
+    );
     let (_, env, _) = invoke(&b, "env", json!({})).await;
     assert_eq!((env["secret"].clone(), env["declared"].clone()), (Value::Null, json!("hi")));
     b.running.shutdown().await;
@@ -138,11 +130,20 @@ async fn n_concurrent_invocations_run_on_n_instances() {
 async fn functions_that_do_not_load_fail_to_deploy() {
     let dir = tempfile::tempdir().unwrap();
     for (yaml, expect) in [
-        (format!("{{name: nox, runtime: node, handler: '{}'}}", testdata("node/noexport.mjs")), "exports no function handler or handle"),
-        (format!("{{name: broken, runtime: python, handler: '{}'}}", python_handler("broken.py")), "RuntimeError: broken at import time"),
+        (
+            format!("{{name: nox, runtime: node, handler: '{}'}}", testdata("node/noexport.mjs")),
+            "exports no function handler or handle",
+        ),
+        (
+            format!("{{name: broken, runtime: python, handler: '{}'}}", python_handler("broken.py")),
+            "RuntimeError: broken at import time",
+        ),
         ("{name: nocmd, runtime: process, command: ['/nonexistent/worker']}".to_owned(), "not found"),
     ] {
-        let text = format!("store: sqlite://{}/r.db\nserver: {{bind: '127.0.0.1:0'}}\nfunctions:\n  - {yaml}\n", dir.path().display());
+        let text = format!(
+            "store: sqlite://{}/r.db\nserver: {{bind: '127.0.0.1:0'}}\nfunctions:\n  - {yaml}\n",
+            dir.path().display()
+        );
         let config = switchyard_schemas::Config::from_yaml_str(&text, "t.yaml", |_| None).unwrap();
         let err = switchyard_broker::app::start(config, false, std::future::pending()).await.err().unwrap();
         assert!(err.to_string().contains(expect), "{err}");

@@ -63,7 +63,10 @@ fn start(yaml: &str) -> (mpsc::Receiver<Delivery>, CancellationToken, tokio::tas
 }
 
 async fn next(rx: &mut mpsc::Receiver<Delivery>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("a delivery within 20s").expect("source alive")
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a delivery within 20s")
+        .expect("source alive")
 }
 
 #[tokio::test]
@@ -124,7 +127,8 @@ async fn stream_yaml(stream: &str, subject: &str, extra: &str) -> String {
 
 async fn consumer_info(stream: &str) -> jetstream::consumer::Info {
     let js = jetstream::new(client().await);
-    let mut c: jetstream::consumer::PullConsumer = js.get_consumer_from_stream(format!("d{stream}"), stream).await.unwrap();
+    let mut c: jetstream::consumer::PullConsumer =
+        js.get_consumer_from_stream(format!("d{stream}"), stream).await.unwrap();
     c.info().await.unwrap().clone()
 }
 

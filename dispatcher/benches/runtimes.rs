@@ -111,6 +111,15 @@ async fn main() {
     println!("| runtime | cold start p50 ms | p99 ms | warm invoke p50 ms | p99 ms | spawn per event p50 ms | p99 ms | warm speed-up vs spawn (p50) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (kind, c, w, b) in rows {
-        println!("| {kind} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0}x |", c.0, c.1, w.0, w.1, b.0, b.1, b.0 / w.0);
+        println!(
+            "| {kind} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0}x |",
+            c.0,
+            c.1,
+            w.0,
+            w.1,
+            b.0,
+            b.1,
+            b.0 / w.0
+        );
     }
 }

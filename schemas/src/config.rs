@@ -262,7 +262,11 @@ impl FunctionConfig {
                 let names: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
                 return Err(FieldError::new(
                     format!("{at}.{field}"),
-                    format!("only valid with runtime {} (this function has runtime `{}`)", names.join(" or "), self.runtime),
+                    format!(
+                        "only valid with runtime {} (this function has runtime `{}`)",
+                        names.join(" or "),
+                        self.runtime
+                    ),
                 ));
             }
             Ok(())
@@ -316,13 +320,19 @@ impl FunctionConfig {
             RuntimeKind::Process => {
                 let ok = self.command.as_ref().is_some_and(|c| c.first().is_some_and(|p| !p.is_empty()));
                 if !ok {
-                    return Err(FieldError::new(format!("{at}.command"), "required for runtime `process`: [program, args...]"));
+                    return Err(FieldError::new(
+                        format!("{at}.command"),
+                        "required for runtime `process`: [program, args...]",
+                    ));
                 }
             }
             RuntimeKind::Python | RuntimeKind::Node => {
                 let handler = self.handler.as_deref().unwrap_or("");
                 if handler.is_empty() {
-                    return Err(FieldError::new(format!("{at}.handler"), format!("required for runtime `{}`", self.runtime)));
+                    return Err(FieldError::new(
+                        format!("{at}.handler"),
+                        format!("required for runtime `{}`", self.runtime),
+                    ));
                 }
                 if let Some(entry) = &self.entrypoint {
                     let ok = !entry.is_empty()

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use switchyard_broker::app::{self, Running};
-use switchyard_dispatcher::records::RecordQuery;
-use switchyard_schemas::{Config, EventRecord};
+use switchyard_dispatcher::records::{RecordQuery, RecordStore};
+use switchyard_schemas::{Config, EventRecord, Status};
 use tokio::sync::Notify;
 
 /// What the function server saw.
@@ -189,4 +189,105 @@ pub fn python_handler(file: &str) -> String {
 /// A random suffix so tests never share names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// SUCCESS records per event id (of one function, or all), read page by page.
+pub async fn successes(store: &RecordStore, function: Option<&str>) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    let mut before = None;
+    loop {
+        let q = RecordQuery {
+            function: function.map(str::to_owned),
+            status: Some(Status::Success),
+            before,
+            limit: 1000,
+            ..RecordQuery::default()
+        };
+        let page = store.list(&q).await.unwrap();
+        for r in &page {
+            *out.entry(r.event_id.clone()).or_insert(0) += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => before = Some(last.id),
+            _ => return out,
+        }
+    }
+}
+
+/// Waits until `n` distinct events have a SUCCESS record, or fails after `secs`.
+pub async fn wait_successes(
+    store: &RecordStore,
+    function: Option<&str>,
+    n: usize,
+    secs: u64,
+) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        // Counting is cheap; read the ids only once the count says they may all be there.
+        let have = store.count(Some(Status::Success)).await.unwrap();
+        if have >= i64::try_from(n).unwrap() {
+            let s = successes(store, function).await;
+            if s.len() >= n {
+                return s;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "after {secs}s only {have} SUCCESS records for {n} messages");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `switchyard serve` process of the real binary.
+pub struct Serve {
+    child: tokio::process::Child,
+}
+
+impl Serve {
+    /// Writes `yaml` to `dir/<name>.yaml` and starts `switchyard serve -c` on it.
+    pub fn start(dir: &std::path::Path, name: &str, yaml: &str) -> Self {
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg, yaml).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "-c", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Sends a signal (`-TERM`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Waits (at most 30 s) for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
+    }
+}
+
+/// A config for a `serve` process: the given store and source section, a free port, and an `ok` http
+/// function at `function_url` behind a match-all trigger.
+pub fn process_yaml(store: &str, source: &str, function_url: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!(
+        "store: sqlite://{store}\nserver: {{bind: '127.0.0.1:{port}', shutdown_grace: 10s}}\n{source}functions:\n  - {{name: ok, runtime: http, url: '{function_url}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n"
+    )
+}
+
+/// Invokes a function synchronously: (status, body as JSON or string, record id).
+pub async fn invoke(b: &Broker, name: &str, data: serde_json::Value) -> (u16, serde_json::Value, String) {
+    let resp = b.http.post(b.url(&format!("/api/v1/functions/invoke/{name}"))).json(&data).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let record =
+        resp.headers().get("x-switchyard-record-id").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)), record)
+}
+
+/// One record by id.
+pub async fn record(b: &Broker, id: &str) -> EventRecord {
+    b.running.dispatcher.store().get(id.parse().unwrap()).await.unwrap().unwrap()
 }

@@ -56,9 +56,8 @@ fn shared_cron(expression: &str) -> Result<Arc<croner::Cron>, ScheduleError> {
     if let Some(cron) = map.get(expression).and_then(Weak::upgrade) {
         return Ok(cron);
     }
-    let cron = Arc::new(
-        switchyard_schemas::sources::cron::parse_schedule(expression).map_err(ScheduleError::Expression)?,
-    );
+    let cron =
+        Arc::new(switchyard_schemas::sources::cron::parse_schedule(expression).map_err(ScheduleError::Expression)?);
     map.retain(|_, w| w.strong_count() > 0);
     map.insert(expression.to_owned(), Arc::downgrade(&cron));
     Ok(cron)

@@ -36,7 +36,11 @@ pub struct Incoming<'a> {
 
 fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     let headers = headers?;
-    headers.iter().find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first()).map(|v| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.as_str())
 }
 
 fn content_type(headers: Option<&HeaderMap>) -> Option<&str> {
@@ -90,7 +94,10 @@ fn from_binary(msg: Incoming<'_>) -> Result<CloudEvent, switchyard_schemas::Even
             let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
             if let Some(attr) = lower.strip_prefix(PREFIX) {
                 if values.len() > 1 {
-                    return Err(switchyard_schemas::EventError::new(attr, format!("header `{name}` must appear only once")));
+                    return Err(switchyard_schemas::EventError::new(
+                        attr,
+                        format!("header `{name}` must appear only once"),
+                    ));
                 }
                 if let Some(v) = values.first() {
                     attrs.insert(attr.to_owned(), v.as_str().to_owned());

@@ -169,7 +169,8 @@ impl NatsSource {
                 Err(e) => return Err(e),
             };
             let batch = self.config.max_in_flight.clamp(1, 256);
-            let messages = consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).messages().await;
+            let messages =
+                consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).messages().await;
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {

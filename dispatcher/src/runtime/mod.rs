@@ -222,9 +222,10 @@ pub async fn build(config: &FunctionConfig, http: &reqwest::Client) -> Result<Ar
             };
             let min = config.min_instances.unwrap_or(0);
             let idle = config.idle_timeout.unwrap_or(process::pool::DEFAULT_IDLE_TIMEOUT);
-            let runtime = process::ProcessRuntime::deploy(spec, min, idle)
-                .await
-                .map_err(|e| DeployError { function: config.name.clone(), message: format!("does not load: {}", e.message) })?;
+            let runtime = process::ProcessRuntime::deploy(spec, min, idle).await.map_err(|e| DeployError {
+                function: config.name.clone(),
+                message: format!("does not load: {}", e.message),
+            })?;
             Ok(Arc::new(runtime))
         }
     }

@@ -186,9 +186,8 @@ impl NatsSourceConfig {
                         "subjects and queue_group are for core NATS; with jetstream use jetstream.filter_subjects",
                     ));
                 }
-                let name_ok = |n: &str| {
-                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                };
+                let name_ok =
+                    |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 if !name_ok(&js.stream) {
                     return Err(FieldError::new(format!("{jat}.stream"), "letters, digits, '-' and '_' only"));
                 }
@@ -212,13 +211,14 @@ impl NatsSourceConfig {
                     (DeliverPolicy::ByStartTime, None) => {
                         return Err(FieldError::new(format!("{jat}.start_time"), "required with by_start_time"))
                     }
-                    (DeliverPolicy::ByStartTime, Some(t)) => {
-                        if chrono::DateTime::parse_from_rfc3339(t).is_err() {
-                            return Err(FieldError::new(format!("{jat}.start_time"), "must be an RFC 3339 time"));
-                        }
+                    (DeliverPolicy::ByStartTime, Some(t)) if chrono::DateTime::parse_from_rfc3339(t).is_err() => {
+                        return Err(FieldError::new(format!("{jat}.start_time"), "must be an RFC 3339 time"));
                     }
                     (_, Some(_)) => {
-                        return Err(FieldError::new(format!("{jat}.start_time"), "only with deliver_policy: by_start_time"))
+                        return Err(FieldError::new(
+                            format!("{jat}.start_time"),
+                            "only with deliver_policy: by_start_time",
+                        ))
                     }
                     _ => {}
                 }
@@ -251,7 +251,10 @@ mod tests {
         assert!(c.jetstream.is_none());
         let c = parse("name: a\njetstream: {stream: ORDERS, create: {subjects: [orders.>]}}\n").unwrap();
         let js = c.jetstream.as_ref().unwrap();
-        assert_eq!((js.ack_wait, js.max_deliver, js.create.as_ref().unwrap().storage), (Duration::from_secs(30), 5, StreamStorage::File));
+        assert_eq!(
+            (js.ack_wait, js.max_deliver, js.create.as_ref().unwrap().storage),
+            (Duration::from_secs(30), 5, StreamStorage::File)
+        );
         assert_eq!(c.durable_name().as_deref(), Some("a"));
     }
 

@@ -25,7 +25,8 @@ pub fn spec(config: &FunctionConfig) -> Result<Spawn, DeployError> {
         return Err(err(format!("handler {} is not a file", handler.display())));
     }
     let interpreter = config.interpreter.as_deref().unwrap_or("node");
-    let program = which(interpreter).ok_or_else(|| err(format!("Node.js interpreter {interpreter:?} not found on PATH")))?;
+    let program =
+        which(interpreter).ok_or_else(|| err(format!("Node.js interpreter {interpreter:?} not found on PATH")))?;
     let program = std::fs::canonicalize(&program).unwrap_or(program);
     let cwd = handler.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
     let memory = config.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);

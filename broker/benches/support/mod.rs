@@ -1,0 +1,59 @@
+//! Shared by the end-to-end bench harnesses: a no-op HTTP function server, percentiles, and one
+//! result row (events/s, ratio to the same run's baseline, p50/p99).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+
+/// Starts a no-op HTTP function on a random port; returns its URL.
+pub async fn noop_server() -> String {
+    let app = Router::new().route("/", post(|| async { "" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/")
+}
+
+/// The `p` quantile of sorted values (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// One measured path.
+pub struct Run {
+    /// What was measured.
+    pub name: &'static str,
+    /// Events handled.
+    pub n: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Per-event latencies.
+    pub latencies: Vec<Duration>,
+}
+
+impl Run {
+    /// Events per second.
+    pub fn rate(&self) -> f64 {
+        self.n as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A markdown row: name, events, events/s, ratio to `baseline` events/s, p50 and p99 in ms.
+    pub fn row(&self, baseline: f64) -> String {
+        let mut l = self.latencies.clone();
+        l.sort();
+        format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            self.name,
+            self.n,
+            self.rate(),
+            self.rate() / baseline,
+            percentile(&l, 0.50).as_secs_f64() * 1000.0,
+            percentile(&l, 0.99).as_secs_f64() * 1000.0,
+        )
+    }
+}
