@@ -5,11 +5,13 @@
 
 pub mod amqp;
 pub mod cron;
+mod memory_state;
 pub mod nats;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use memory_state::MemoryState;
 use switchyard_schemas::CloudEvent;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

@@ -11,30 +11,13 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use switchyard_connectors::amqp::binding::{self, PLAIN_MESSAGE_TYPE};
 use switchyard_connectors::amqp::AmqpSource;
-use switchyard_connectors::{Delivery, Outcome, Source, SourceContext, SourceState, StateError};
+use switchyard_connectors::{Delivery, MemoryState, Outcome, Source, SourceContext};
 use switchyard_schemas::sources::AmqpSourceConfig;
 use switchyard_schemas::{CloudEvent, Data, ExtensionValue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// Source state nobody uses here.
-#[derive(Debug)]
-struct NoState;
-
-#[async_trait::async_trait]
-impl SourceState for NoState {
-    async fn claim(&self, _: &str, _: &str) -> Result<bool, StateError> {
-        Ok(true)
-    }
-    async fn get(&self, _: &str, _: &str) -> Result<Option<String>, StateError> {
-        Ok(None)
-    }
-    async fn put(&self, _: &str, _: &str, _: &str) -> Result<(), StateError> {
-        Ok(())
-    }
-}
 
 /// A publishing connection, or `None` (with a message) when RabbitMQ is not running; under
 /// `CI=true` a missing RabbitMQ fails the test.
@@ -108,7 +91,7 @@ fn start(config: serde_json::Value) -> Running {
         deliveries: tx,
         shutdown: shutdown.clone(),
         name: config.name.clone(),
-        state: Arc::new(NoState),
+        state: Arc::new(MemoryState::default()),
     };
     let source = Box::new(AmqpSource::new(config));
     let task = tokio::spawn(async move { source.run(ctx).await.unwrap() });

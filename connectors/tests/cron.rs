@@ -3,13 +3,13 @@
 //! clock: aligned ticks and deterministic ids, catch-up after a simulated outage, the forbid and
 //! replace concurrency policies, one fire per tick across two replicas, pause / resume / fire-now.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use switchyard_connectors::cron::{Clock as _, CronHandle, CronSource, Schedule, TokioClock};
-use switchyard_connectors::{Delivery, Outcome, Source, SourceContext, SourceError, SourceState, StateError};
+use switchyard_connectors::{Delivery, MemoryState, Outcome, Source, SourceContext, SourceError, SourceState};
 use switchyard_schemas::sources::cron::{CatchUp, ConcurrencyPolicy, CronSourceConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,27 +119,6 @@ fn every_second_through_a_fall_back_has_no_repeats() {
 // ---------------------------------------------------------------------------------------------
 // The tick loop under a paused tokio clock.
 
-/// Source state in memory, shared by "replicas" in a test.
-#[derive(Debug, Default)]
-struct MemState {
-    claims: Mutex<HashSet<(String, String)>>,
-    kv: Mutex<HashMap<(String, String), String>>,
-}
-
-#[async_trait::async_trait]
-impl SourceState for MemState {
-    async fn claim(&self, source: &str, key: &str) -> Result<bool, StateError> {
-        Ok(self.claims.lock().unwrap().insert((source.to_owned(), key.to_owned())))
-    }
-    async fn get(&self, source: &str, key: &str) -> Result<Option<String>, StateError> {
-        Ok(self.kv.lock().unwrap().get(&(source.to_owned(), key.to_owned())).cloned())
-    }
-    async fn put(&self, source: &str, key: &str, value: &str) -> Result<(), StateError> {
-        self.kv.lock().unwrap().insert((source.to_owned(), key.to_owned()), value.to_owned());
-        Ok(())
-    }
-}
-
 struct Running {
     rx: mpsc::Receiver<Delivery>,
     shutdown: CancellationToken,
@@ -167,7 +146,7 @@ fn config(name: &str, schedule: &str) -> CronSourceConfig {
     CronSourceConfig { name: name.into(), schedule: schedule.into(), ..CronSourceConfig::default() }
 }
 
-fn start(config: CronSourceConfig, at: &str, state: &Arc<MemState>) -> Running {
+fn start(config: CronSourceConfig, at: &str, state: &Arc<MemoryState>) -> Running {
     config.validate("sources[0]").unwrap();
     let clock = TokioClock::starting_at(utc(at));
     let source = CronSource::with_clock(config.clone(), Arc::new(clock));
@@ -190,7 +169,7 @@ fn time_of(d: &Delivery) -> DateTime<Utc> {
 
 #[tokio::test(start_paused = true)]
 async fn every_second_ticks_are_aligned_with_deterministic_ids() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut c = config("heartbeat", "* * * * * *");
     c.data = Some(serde_json::json!({"hello": "world"}));
     let mut r = start(c, "2026-01-01T00:00:00.300Z", &state);
@@ -217,7 +196,7 @@ async fn every_second_ticks_are_aligned_with_deterministic_ids() {
 
 #[tokio::test(start_paused = true)]
 async fn the_loop_fires_once_across_a_spring_forward() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut c = config("ny", "*/30 * * * *");
     c.timezone = "America/New_York".into();
     let mut r = start(c, "2026-03-08T06:10:00Z", &state);
@@ -241,7 +220,7 @@ async fn the_loop_fires_once_across_a_spring_forward() {
 /// Ticks every 10 minutes; last fired at 12:00; the broker comes back at 13:05 (6 ticks missed:
 /// 12:10 .. 13:00). Returns the first `n` tick times delivered after the restart.
 async fn after_outage(policy: CatchUp, max: u32, deadline: Option<Duration>, n: usize) -> Vec<String> {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     state.put("job", "last_fired", "2026-06-01T12:00:00Z").await.unwrap();
     let mut c = config("job", "*/10 * * * *");
     c.catch_up = policy;
@@ -279,7 +258,7 @@ async fn catch_up_all_fires_missed_ticks_in_order_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn forbid_skips_a_tick_while_the_previous_runs() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut c = config("forbid", "* * * * * *");
     c.concurrency_policy = ConcurrencyPolicy::Forbid;
     let mut r = start(c, "2026-01-01T00:00:00Z", &state);
@@ -297,7 +276,7 @@ async fn forbid_skips_a_tick_while_the_previous_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn replace_cancels_the_running_invocation() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut c = config("replace", "* * * * * *");
     c.concurrency_policy = ConcurrencyPolicy::Replace;
     let mut r = start(c, "2026-01-01T00:00:00Z", &state);
@@ -317,7 +296,7 @@ async fn replace_cancels_the_running_invocation() {
 
 #[tokio::test(start_paused = true)]
 async fn allow_runs_ticks_concurrently() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut r = start(config("allow", "* * * * * *"), "2026-01-01T00:00:00Z", &state);
     let a = r.next().await;
     let b = r.next().await;
@@ -327,7 +306,7 @@ async fn allow_runs_ticks_concurrently() {
 
 #[tokio::test(start_paused = true)]
 async fn two_replicas_fire_each_tick_once() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let a = start(config("shared", "* * * * * *"), "2026-01-01T00:00:00Z", &state);
     let b = start(config("shared", "* * * * * *"), "2026-01-01T00:00:00Z", &state);
     tokio::time::sleep(Duration::from_millis(10_200)).await;
@@ -346,7 +325,7 @@ async fn two_replicas_fire_each_tick_once() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_resume_and_fire_now() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut r = start(config("ops", "* * * * * *"), "2026-01-01T00:00:00Z", &state);
     r.next().await;
     let status = r.handle.pause().await.unwrap();
@@ -380,7 +359,7 @@ async fn pause_resume_and_fire_now() {
 
 #[tokio::test(start_paused = true)]
 async fn text_payload_and_stopped_source() {
-    let state = Arc::new(MemState::default());
+    let state = Arc::new(MemoryState::default());
     let mut c = config("text", "@hourly");
     c.data = Some(serde_json::json!("ping"));
     c.content_type = Some("text/plain".into());

@@ -4,35 +4,17 @@
 //! A fake dispatcher resolves the acks, so these tests see exactly what the source does.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use switchyard_connectors::{build, Delivery, Outcome, SourceContext, SourceState, StateError};
+use switchyard_connectors::{build, Delivery, MemoryState, Outcome, SourceContext};
 use switchyard_schemas::config::SourceConfig;
 use switchyard_schemas::CloudEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const SERVER: &str = "nats://127.0.0.1:4222";
-
-#[derive(Debug, Default)]
-struct MemState(Mutex<HashMap<(String, String), String>>);
-
-#[async_trait::async_trait]
-impl SourceState for MemState {
-    async fn claim(&self, source: &str, key: &str) -> Result<bool, StateError> {
-        let mut m = self.0.lock().unwrap();
-        Ok(m.insert((source.into(), format!("claim:{key}")), String::new()).is_none())
-    }
-    async fn get(&self, source: &str, key: &str) -> Result<Option<String>, StateError> {
-        Ok(self.0.lock().unwrap().get(&(source.into(), key.into())).cloned())
-    }
-    async fn put(&self, source: &str, key: &str, value: &str) -> Result<(), StateError> {
-        self.0.lock().unwrap().insert((source.into(), key.into()), value.into());
-        Ok(())
-    }
-}
 
 async fn client() -> async_nats::Client {
     match async_nats::connect(SERVER).await {
@@ -55,7 +37,7 @@ fn start(yaml: &str) -> (mpsc::Receiver<Delivery>, CancellationToken, tokio::tas
         deliveries: tx,
         shutdown: shutdown.clone(),
         name: config.name().to_owned(),
-        state: Arc::new(MemState::default()),
+        state: Arc::new(MemoryState::default()),
     };
     let source = build(&config);
     let task = tokio::spawn(async move { source.run(ctx).await.unwrap() });

@@ -78,8 +78,8 @@ impl RecordWriter {
 async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>) {
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Later writes of the same record win; the upsert keeps them in order anyway.
-        let records: Vec<EventRecord> = batch.iter().map(|w| w.record.clone()).collect();
+        // Move the records out of the batch (no copy); later writes of one record win in the upsert.
+        let (records, waiters): (Vec<EventRecord>, Vec<_>) = batch.drain(..).map(|w| (w.record, w.done)).unzip();
         let mut result = Err(String::new());
         for attempt in 1..=COMMIT_ATTEMPTS {
             match store.upsert_batch(&records).await {
@@ -95,10 +95,10 @@ async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>) {
             }
         }
         tracing::trace!(records = records.len(), "record batch committed");
-        for w in batch.drain(..) {
-            if let Some(done) = w.done {
+        for (record, done) in records.iter().zip(waiters) {
+            if let Some(done) = done {
                 let r =
-                    result.clone().map_err(|message| WriteError::Store { record_id: w.record.id.to_string(), message });
+                    result.clone().map_err(|message| WriteError::Store { record_id: record.id.to_string(), message });
                 let _ = done.send(r);
             }
         }
