@@ -409,6 +409,8 @@ impl Dispatcher {
             logs: None,
             cold_start: false,
             init_ms: None,
+            replay_of: None,
+            event: None,
         }
     }
 

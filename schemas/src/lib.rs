@@ -17,4 +17,12 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "event_records", include_str!("../sql/sqlite/0001_event_records.sql")),
     (2, "source_state", include_str!("../sql/sqlite/0002_source_state.sql")),
     (3, "cold_start", include_str!("../sql/sqlite/0003_cold_start.sql")),
+    (4, "replay", include_str!("../sql/sqlite/0004_replay.sql")),
+];
+
+/// PostgreSQL migrations in order: (version, name, SQL). Applied by the records store at start, under
+/// an advisory lock so replicas starting together apply each once.
+pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "event_records", include_str!("../sql/postgres/0001_event_records.sql")),
+    (2, "source_state", include_str!("../sql/postgres/0002_source_state.sql")),
 ];

@@ -217,6 +217,24 @@ pub struct EventRecord {
     /// How long that instance took to initialise, in milliseconds.
     #[serde(default)]
     pub init_ms: Option<i64>,
+    /// The record this invocation replays (`switchyard replay`), if it is a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Uuid>,
+    /// The whole event in the CloudEvents JSON format, kept for replay when `request` was cut at the
+    /// capture cap (`None` when `request` holds it whole, or when it is over `records.replay_bytes`).
+    #[serde(skip)]
+    pub event: Option<String>,
+}
+
+impl EventRecord {
+    /// The whole event this record was made for, in the CloudEvents JSON format, when it was kept.
+    pub fn replayable_event(&self) -> Option<&str> {
+        match &self.event {
+            Some(e) => Some(e),
+            None if !self.request.truncated && !self.request.base64 => Some(&self.request.body),
+            None => None,
+        }
+    }
 }
 
 #[cfg(test)]
