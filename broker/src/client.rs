@@ -112,6 +112,53 @@ impl Client {
         Ok(())
     }
 
+    /// `switchyard replay`: prints what was (or, with `dry_run`, would be) replayed; fails when any
+    /// selected record could not be replayed.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached, refuses the selection, or some records were not replayed.
+    pub async fn replay(&self, body: Value, json: bool) -> Result<()> {
+        let v = self.json(self.req(reqwest::Method::POST, "/api/v1/replay").json(&body)).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        let list = |k: &str| v.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+        let s = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        if !json && v.get("dry_run").and_then(Value::as_bool) == Some(true) {
+            println!("{:<36}  {:<8}  {:<16}  {:<16}  EVENT", "RECORD", "STATUS", "FUNCTION", "TRIGGER");
+            for r in list("items") {
+                let note = r.get("not_replayable").and_then(Value::as_str).map(|n| format!("  [not replayable: {n}]"));
+                println!(
+                    "{:<36}  {:<8}  {:<16}  {:<16}  {} ({}){}",
+                    s(&r, "id"),
+                    s(&r, "status"),
+                    s(&r, "function"),
+                    s(&r, "trigger"),
+                    s(&r, "event_id"),
+                    s(&r, "event_type"),
+                    note.unwrap_or_default()
+                );
+            }
+            eprintln!("dry run: {} selected, nothing invoked", list("items").len());
+        } else if !json {
+            println!("{:<36}  {:<36}  STATUS", "ORIGINAL", "REPLAY");
+            for r in list("replayed") {
+                println!("{:<36}  {:<36}  {}", s(&r, "original"), s(&r, "record"), s(&r, "status"));
+            }
+            for r in list("skipped") {
+                eprintln!("not replayed: {} ({})", s(&r, "id"), s(&r, "reason"));
+            }
+        }
+        for id in list("missing") {
+            eprintln!("no record {}", id.as_str().unwrap_or("-"));
+        }
+        let failed = list("skipped").len() + list("missing").len();
+        if failed > 0 {
+            bail!("{failed} selected records were not replayed");
+        }
+        Ok(())
+    }
+
     /// `switchyard events get ID`: the whole record as JSON.
     ///
     /// # Errors

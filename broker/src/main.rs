@@ -94,6 +94,100 @@ enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+    /// Dead letters: invocations whose retries ran out or that failed permanently.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Invoke recorded events again (any record, not only dead letters); each replay gets a new record
+    /// whose `replay_of` names the original.
+    Replay {
+        /// Exact record ids (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Only dead letters.
+        #[arg(long)]
+        dead_lettered: bool,
+        /// At most this many records (the newest that match, replayed oldest first).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Replays started per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Only list what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Record filters shared by `events list`, `dlq list` and `replay`.
+#[derive(clap::Args)]
+struct Select {
+    /// Only this function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Only this status (PENDING, SUCCESS, FAILURE, SKIPPED).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this CloudEvent type.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only failures of this kind (timeout, connection, status, handler, bad_response, crashed, init).
+    #[arg(long)]
+    error: Option<String>,
+    /// Only records received since (RFC 3339 time or a duration back from now like 1h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records received before (RFC 3339 time or a duration back from now).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl Select {
+    fn pairs(self) -> Vec<(&'static str, String)> {
+        [
+            ("function", self.function),
+            ("status", self.status),
+            ("type", self.event_type),
+            ("error", self.error),
+            ("since", self.since),
+            ("until", self.until),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only since (RFC 3339 time or a duration like 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,18 +237,8 @@ enum CronCommand {
 enum EventsCommand {
     /// List records, newest first.
     List {
-        /// Only this function.
-        #[arg(long)]
-        function: Option<String>,
-        /// Only this status (PENDING, SUCCESS, FAILURE).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this CloudEvent type.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Only records received since (RFC 3339 time or a duration like 1h).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        select: Select,
         /// Page size.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -245,16 +329,10 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Events { command } => match command {
-            EventsCommand::List { function, status, event_type, since, limit, cursor, json, remote } => {
+            EventsCommand::List { select, limit, cursor, json, remote } => {
                 let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-                let opts = [
-                    ("function", function),
-                    ("status", status),
-                    ("type", event_type),
-                    ("since", since),
-                    ("cursor", cursor),
-                ];
-                q.extend(opts.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+                q.extend(select.pairs());
+                q.extend(cursor.map(|c| ("cursor", c)));
                 match Client::new(&remote.url, remote.token) {
                     Ok(c) => c.events_list(&q, json).await,
                     Err(e) => Err(e),
@@ -275,6 +353,35 @@ async fn main() -> ExitCode {
             };
             match Client::new(&remote.url, remote.token) {
                 Ok(c) => c.cron(op).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Dlq { command: DlqCommand::List { function, since, limit, cursor, json, remote } } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string()), ("dead_lettered", "true".into())];
+            q.extend(function.map(|f| ("function", f)));
+            q.extend(since.map(|s| ("since", s)));
+            q.extend(cursor.map(|c| ("cursor", c)));
+            match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.events_list(&q, json).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Replay { ids, select, dead_lettered, limit, rate, dry_run, json, remote } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in select.pairs() {
+                body.insert(k.to_owned(), v.into());
+            }
+            if !ids.is_empty() {
+                body.insert("ids".into(), ids.into());
+            }
+            if dead_lettered {
+                body.insert("dead_lettered".into(), true.into());
+            }
+            body.insert("limit".into(), limit.into());
+            body.insert("rate".into(), rate.into());
+            body.insert("dry_run".into(), dry_run.into());
+            match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.replay(serde_json::Value::Object(body), json).await,
                 Err(e) => Err(e),
             }
         }

@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod cron;
+pub mod dead_letter;
 mod memory_state;
 pub mod nats;
 

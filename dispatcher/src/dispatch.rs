@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
+use switchyard_connectors::dead_letter::{dead_letter_event, DeadLetterInfo, DeadLetterPublisher};
 use switchyard_connectors::{Delivery, Outcome};
-use switchyard_schemas::config::{Config, DeliveryPolicy, FunctionConfig, RecordsConfig, TriggerConfig};
+use switchyard_schemas::config::{
+    Config, DeadLetterSink, DeliveryPolicy, FunctionConfig, RecordsConfig, TriggerConfig,
+};
 use switchyard_schemas::record::Captured;
 use switchyard_schemas::{CloudEvent, ErrorKind, EventRecord, ExtensionValue, Status};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -44,6 +47,14 @@ pub enum DispatchError {
     /// The record could not be made durable.
     #[error(transparent)]
     Record(#[from] WriteError),
+    /// The record cannot be replayed.
+    #[error("record {record}: {reason}")]
+    NotReplayable {
+        /// The record.
+        record: Uuid,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The outcome of a synchronous invocation.
@@ -64,6 +75,31 @@ pub struct Stats {
     pub unmatched: AtomicU64,
     /// Events refused because a function was saturated.
     pub saturated: AtomicU64,
+    /// Invocations dead-lettered (retries exhausted or permanent failure).
+    pub dead_lettered: AtomicU64,
+    /// Dead letters that could not be published to their sink (their records say so).
+    pub dead_letter_sink_failures: AtomicU64,
+    /// Invocations skipped as duplicates (idempotency).
+    pub duplicates: AtomicU64,
+}
+
+/// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
+struct RunSpec<'a> {
+    trigger: &'a str,
+    policy: &'a DeliveryPolicy,
+    dead_letter: Option<&'a DeadLetterSink>,
+    replay_of: Option<Uuid>,
+}
+
+impl<'a> RunSpec<'a> {
+    fn of(trigger: &'a TriggerConfig) -> Self {
+        Self {
+            trigger: &trigger.name,
+            policy: &trigger.delivery,
+            dead_letter: trigger.dead_letter.as_ref(),
+            replay_of: None,
+        }
+    }
 }
 
 /// A function as the API shows it.
@@ -104,8 +140,11 @@ struct Inner {
     store: RecordStore,
     http: reqwest::Client,
     records: RecordsConfig,
+    dead_letters: DeadLetterPublisher,
     tracker: TaskTracker,
     abandon: CancellationToken,
+    /// Stops background work (retention) at shutdown.
+    background: CancellationToken,
     closing: AtomicBool,
     stats: Stats,
 }
@@ -138,15 +177,21 @@ impl Dispatcher {
             registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
         }
         registry.triggers = config.triggers.iter().cloned().map(Arc::new).collect();
+        let background = CancellationToken::new();
+        if let Some(age) = config.records.retention {
+            crate::records::retention::spawn(store.clone(), age, background.clone());
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 registry: RwLock::new(registry),
                 writer,
                 store,
+                dead_letters: DeadLetterPublisher::new(http.clone()),
                 http,
                 records: config.records.clone(),
                 tracker: TaskTracker::new(),
                 abandon: CancellationToken::new(),
+                background,
                 closing: AtomicBool::new(false),
                 stats: Stats::default(),
             }),
@@ -247,11 +292,13 @@ impl Dispatcher {
                     let skip = skip.clone();
                     let cancel = cancel.clone();
                     async move {
+                        let skip = match skip {
+                            Some(reason) => Some(reason),
+                            None => this.duplicate_of(&trigger, &event).await,
+                        };
                         let r = match skip {
                             Some(reason) => this.skip(&function, &trigger.name, event, received_at, reason).await,
-                            None => {
-                                this.run(&function, &trigger.name, &trigger.delivery, event, received_at, &cancel).await
-                            }
+                            None => this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await,
                         };
                         drop(permit);
                         r
@@ -305,8 +352,8 @@ impl Dispatcher {
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(
             async move {
-                let r =
-                    this.run(&entry, "invoke", &policy, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
+                let spec = RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None };
+                let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
                 drop(permit);
                 r
             }
@@ -315,23 +362,102 @@ impl Dispatcher {
         handle.await.map_err(|_| DispatchError::ShuttingDown)?
     }
 
-    /// One invocation: PENDING record, the stack, the terminal record (awaited until durable).
+    /// Replays a recorded event: invokes the record's function again through the record's trigger
+    /// (its delivery policy and dead-letter sink, when the trigger still exists), waiting for room in
+    /// the function's queue, and returns the new terminal record (linked by `replay_of`).
+    ///
+    /// # Errors
+    /// `NotReplayable` (event not kept, function gone), `ShuttingDown`, or `Record`.
+    pub async fn replay(&self, original: &EventRecord) -> Result<InvokeResult, DispatchError> {
+        let not = |reason: String| DispatchError::NotReplayable { record: original.id, reason };
+        if self.is_closing() {
+            return Err(DispatchError::ShuttingDown);
+        }
+        let json = original.replayable_event().ok_or_else(|| {
+            not(format!(
+                "the event ({} bytes) was over records.replay_bytes when it was recorded, so it was not kept",
+                original.request.size
+            ))
+        })?;
+        let event = CloudEvent::from_json_slice(json.as_bytes()).map_err(|e| not(format!("stored event: {e}")))?;
+        let (entry, trigger) = {
+            let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = reg.functions.get(&original.function).cloned();
+            let trigger =
+                reg.triggers.iter().find(|t| t.name == original.trigger && t.function == original.function).cloned();
+            (entry, trigger)
+        };
+        let entry = entry.ok_or_else(|| not(format!("function {:?} no longer exists", original.function)))?;
+        let permit = tokio::select! {
+            p = Arc::clone(&entry.admission).acquire_owned() => p.map_err(|_| DispatchError::ShuttingDown)?,
+            () = self.inner.abandon.cancelled() => return Err(DispatchError::ShuttingDown),
+        };
+        self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        let original_id = original.id;
+        let original_trigger = original.trigger.clone();
+        let span = tracing::debug_span!("replay", record = %original_id, function = %entry.config.name);
+        let handle = self.inner.tracker.spawn(
+            async move {
+                let direct = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
+                let spec = match &trigger {
+                    Some(t) => RunSpec { replay_of: Some(original_id), ..RunSpec::of(t) },
+                    None => RunSpec {
+                        trigger: &original_trigger,
+                        policy: &direct,
+                        dead_letter: None,
+                        replay_of: Some(original_id),
+                    },
+                };
+                let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
+                drop(permit);
+                r
+            }
+            .instrument(span),
+        );
+        handle.await.map_err(|_| DispatchError::ShuttingDown)?
+    }
+
+    /// When the trigger is idempotent and the event already succeeded through it within the window,
+    /// the reason to skip it. A store error is logged and the event runs (at least once, not at most).
+    async fn duplicate_of(&self, trigger: &TriggerConfig, event: &CloudEvent) -> Option<String> {
+        let window = trigger.idempotency_window?;
+        let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        match self.inner.store.find_success(&event.source, &event.id, &trigger.name, since).await {
+            Ok(Some(id)) => {
+                self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                Some(format!(
+                    "duplicate: event {:?} from {:?} already succeeded (record {id}) within idempotency_window",
+                    event.id, event.source
+                ))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(trigger = %trigger.name, error = %e, "idempotency lookup failed; invoking anyway");
+                None
+            }
+        }
+    }
+
+    /// One invocation: PENDING record, the stack, the dead-letter sink on failure, the terminal record
+    /// (awaited until durable).
     async fn run(
         &self,
         function: &FunctionEntry,
-        trigger: &str,
-        policy: &DeliveryPolicy,
+        spec: RunSpec<'_>,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<InvokeResult, DispatchError> {
+        let RunSpec { trigger, policy, dead_letter, replay_of } = spec;
         let mut record = self.new_record(function, trigger, &event, received_at);
+        record.replay_of = replay_of;
         self.inner.writer.queue(record.clone()).await?;
         let trace_id = record.trace_id.clone().unwrap_or_default();
         let caps = &self.inner.records;
         let progress = Arc::new(Progress::default());
         let invocation = Invocation {
-            event,
+            event: Arc::clone(&event),
             function: Arc::from(function.config.name.as_str()),
             trigger: Arc::from(trigger),
             record_id: record.id,
@@ -374,8 +500,34 @@ impl Dispatcher {
                 tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
             }
         }
+        if record.dead_lettered {
+            self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Some(sink) = dead_letter {
+                self.send_dead_letter(sink, &event, &mut record).await;
+            }
+        }
         self.inner.writer.write(record.clone()).await?;
         Ok(InvokeResult { record, response })
+    }
+
+    /// Publishes a dead letter; when the sink fails, the record says so (the event stays replayable
+    /// from the record).
+    async fn send_dead_letter(&self, sink: &DeadLetterSink, event: &CloudEvent, record: &mut EventRecord) {
+        let why = DeadLetterInfo {
+            error_kind: record.error_kind.map_or("unknown", ErrorKind::as_str),
+            error: record.error_message.as_deref().unwrap_or(""),
+            attempts: record.attempts,
+            trigger: &record.trigger,
+            function: &record.function,
+            record_id: record.id.to_string(),
+        };
+        let letter = dead_letter_event(event, &why);
+        if let Err(e) = self.inner.dead_letters.publish(sink, &letter).await {
+            self.inner.stats.dead_letter_sink_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(record = %record.id, error = %e, "dead letter not published; it stays in the records");
+            let msg = record.error_message.get_or_insert_with(String::new);
+            msg.push_str(&format!("\n[{e}]"));
+        }
     }
 
     fn new_record(
@@ -385,6 +537,12 @@ impl Dispatcher {
         event: &CloudEvent,
         received_at: chrono::DateTime<Utc>,
     ) -> EventRecord {
+        let json = event.to_json_vec();
+        let request = Captured::new(&json, self.inner.records.capture_bytes);
+        // Kept whole for replay when the capture cut it (and it is under replay_bytes).
+        let whole = (request.truncated && json.len() <= self.inner.records.replay_bytes)
+            .then(|| String::from_utf8(json).ok())
+            .flatten();
         EventRecord {
             id: Uuid::now_v7(),
             event_id: event.id.clone(),
@@ -399,7 +557,7 @@ impl Dispatcher {
             started_at: None,
             finished_at: None,
             duration_ms: None,
-            request: Captured::new(&event.to_json_vec(), self.inner.records.capture_bytes),
+            request,
             response_status: None,
             response: None,
             error_kind: None,
@@ -410,7 +568,7 @@ impl Dispatcher {
             cold_start: false,
             init_ms: None,
             replay_of: None,
-            event: None,
+            event: whole,
         }
     }
 
@@ -488,6 +646,7 @@ impl Dispatcher {
     /// durable when this returns. Returns whether everything finished within the grace period.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.background.cancel();
         self.inner.tracker.close();
         let in_time = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
         if !in_time {

@@ -17,7 +17,8 @@ pub const MAX_FUNCTION_TIMEOUT: Duration = Duration::from_secs(300);
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where event records are kept: `sqlite://PATH` (created when missing; `sqlite::memory:` for a
-    /// throw-away store). Default `sqlite://switchyard.db`.
+    /// throw-away store), or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` for several replicas
+    /// sharing one store. Default `sqlite://switchyard.db`.
     #[serde(default = "default_store")]
     pub store: String,
     /// The HTTP server: ingress, management API and health endpoints.
@@ -109,6 +110,19 @@ pub struct RecordsConfig {
     /// Captured function log output longer than this many bytes is cut. Default 64 KiB.
     #[serde(default = "default_capture_bytes")]
     pub log_bytes: usize,
+    /// Events longer than `capture_bytes` are still kept whole (for `switchyard replay`) up to this many
+    /// bytes; a longer event is recorded but cannot be replayed. 0 keeps none. Default 1 MiB.
+    #[serde(default = "default_replay_bytes")]
+    pub replay_bytes: usize,
+    /// Terminal records received longer ago than this are deleted in the background (`7d`, `12h`).
+    /// Default: kept until you delete them.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub retention: Option<Duration>,
+}
+
+const fn default_replay_bytes() -> usize {
+    1024 * 1024
 }
 
 const fn default_capture_bytes() -> usize {
@@ -117,7 +131,12 @@ const fn default_capture_bytes() -> usize {
 
 impl Default for RecordsConfig {
     fn default() -> Self {
-        Self { capture_bytes: default_capture_bytes(), log_bytes: default_capture_bytes() }
+        Self {
+            capture_bytes: default_capture_bytes(),
+            log_bytes: default_capture_bytes(),
+            replay_bytes: default_replay_bytes(),
+            retention: None,
+        }
     }
 }
 
@@ -381,6 +400,82 @@ pub struct TriggerConfig {
     /// Retries, backoff and the per-attempt timeout.
     #[serde(default)]
     pub delivery: DeliveryPolicy,
+    /// Where an event goes when its retries are exhausted or it failed permanently (besides its record,
+    /// which always says `dead_lettered`). Default: the record only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSink>,
+    /// Idempotency: an event whose (`source`, `id`) already has a SUCCESS record of this trigger received
+    /// within this window is not invoked again; a SKIPPED record says so. Default: off.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub idempotency_window: Option<Duration>,
+}
+
+/// A dead-letter sink: the failed event is published there as a CloudEvent (structured JSON) with the
+/// extensions `dlerror`, `dlerrorkind`, `dlattempts`, `dltrigger`, `dlfunction` and `dlrecordid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeadLetterSink {
+    /// POST to an HTTP URL (`content-type: application/cloudevents+json`); any 2xx is success.
+    Http {
+        /// The URL.
+        url: String,
+    },
+    /// Publish to a NATS subject (JetStream captures it when a stream covers the subject).
+    Nats {
+        /// Server URL. Default `nats://127.0.0.1:4222`.
+        #[serde(default = "default_nats_url")]
+        url: String,
+        /// The subject.
+        subject: String,
+    },
+    /// Publish to an AMQP 0-9-1 exchange (persistent, with publisher confirms).
+    Amqp {
+        /// Server URL. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+        #[serde(default = "default_amqp_url")]
+        url: String,
+        /// The exchange (`""` is the default exchange, where the routing key names a queue).
+        exchange: String,
+        /// The routing key.
+        #[serde(default)]
+        routing_key: String,
+    },
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()
+}
+
+impl DeadLetterSink {
+    /// Checks the sink's fields. `at` is the field path, e.g. `triggers[0].dead_letter`.
+    ///
+    /// # Errors
+    /// The first problem, with the field path.
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let url_with = |url: &str, schemes: &[&str]| -> Result<(), FieldError> {
+            let ok = url::Url::parse(url).is_ok_and(|u| schemes.contains(&u.scheme()));
+            if ok {
+                Ok(())
+            } else {
+                Err(FieldError::new(format!("{at}.url"), format!("{url:?} is not a {} URL", schemes.join(" or "))))
+            }
+        };
+        match self {
+            Self::Http { url } => url_with(url, &["http", "https"]),
+            Self::Nats { url, subject } => {
+                url_with(url, &["nats", "tls"])?;
+                if subject.is_empty() || subject.contains(['*', '>', ' ']) {
+                    return Err(FieldError::new(format!("{at}.subject"), "a subject without wildcards or spaces"));
+                }
+                Ok(())
+            }
+            Self::Amqp { url, .. } => url_with(url, &["amqp", "amqps"]),
+        }
+    }
 }
 
 /// A filter expression in the CloudEvents Subscriptions API dialects.
@@ -677,12 +772,17 @@ impl Config {
     /// # Errors
     /// The first problem, with the field path.
     pub fn validate(&self) -> Result<(), FieldError> {
-        let store_ok = self.store.starts_with("sqlite:");
+        let store_ok = ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.store.starts_with(p));
         if !store_ok {
             return Err(FieldError::new(
                 "store",
-                format!("unsupported store {:?}: use sqlite://PATH (PostgreSQL is not supported yet)", self.store),
+                format!("unsupported store {:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE", self.store),
             ));
+        }
+        if let Some(r) = self.records.retention {
+            if r < Duration::from_secs(60) {
+                return Err(FieldError::new("records.retention", "must be at least 1m"));
+            }
         }
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
             return Err(FieldError::new(
@@ -734,6 +834,12 @@ impl Config {
                 filter.validate(&format!("{at}.filters[{j}]"))?;
             }
             t.delivery.validate(&format!("{at}.delivery"), function)?;
+            if let Some(sink) = &t.dead_letter {
+                sink.validate(&format!("{at}.dead_letter"))?;
+            }
+            if t.idempotency_window.is_some_and(|w| w.is_zero()) {
+                return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
+            }
         }
         Ok(())
     }
@@ -1009,6 +1115,31 @@ triggers:
         assert_eq!(err.line(), Some(2));
         let c = parse("functions:\n  - {name: a, runtime: http, url: 'http://x/', env: {A: '$${literal}'}}\n").unwrap();
         assert_eq!(c.functions[0].env["A"], "${literal}");
+    }
+
+    #[test]
+    fn dead_letter_sinks_idempotency_and_retention_are_checked() {
+        let base =
+            "functions:\n  - {name: f, runtime: http, url: 'http://x/'}\ntriggers:\n  - name: t\n    function: f\n";
+        let c =
+            parse(&format!("{base}    dead_letter: {{type: nats, subject: dlq.orders}}\n    idempotency_window: 1h\n"))
+                .unwrap();
+        assert_eq!(
+            c.triggers[0].dead_letter,
+            Some(DeadLetterSink::Nats { url: "nats://127.0.0.1:4222".into(), subject: "dlq.orders".into() })
+        );
+        assert_eq!(c.triggers[0].idempotency_window, Some(Duration::from_secs(3600)));
+        let e = parse(&format!("{base}    dead_letter: {{type: http, url: 'ftp://x'}}\n")).unwrap_err();
+        assert_eq!(e.field(), Some("triggers[0].dead_letter.url"));
+        let e = parse(&format!("{base}    dead_letter: {{type: nats, subject: 'dlq.*'}}\n")).unwrap_err();
+        assert_eq!(e.field(), Some("triggers[0].dead_letter.subject"));
+        let e = parse(&format!("{base}    dead_letter: {{type: amqp, exchange: x, queue: y}}\n")).unwrap_err();
+        assert!(e.to_string().contains("queue"), "{e}");
+        let e = parse(&format!("{base}    dead_letter: {{type: smtp}}\n")).unwrap_err();
+        assert!(e.to_string().contains("smtp"), "{e}");
+        assert_eq!(parse("records: {retention: 10s}").unwrap_err().field(), Some("records.retention"));
+        assert_eq!(parse("records: {retention: 7d}").unwrap().records.retention, Some(Duration::from_secs(7 * 86400)));
+        assert!(parse("store: postgres://switchyard@db:5432/switchyard").is_ok());
     }
 
     #[test]

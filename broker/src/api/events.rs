@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use switchyard_connectors::Delivery;
 use switchyard_dispatcher::records::RecordQuery;
 use switchyard_dispatcher::DispatchError;
-use switchyard_schemas::{http_binding, Status};
+use switchyard_schemas::{http_binding, ErrorKind, Status};
 use uuid::Uuid;
 
 use super::{body_error, ApiError, AppState};
@@ -50,11 +50,23 @@ pub struct ListParams {
     status: Option<String>,
     #[serde(rename = "type")]
     event_type: Option<String>,
+    error: Option<String>,
+    dead_lettered: Option<bool>,
     since: Option<String>,
     until: Option<String>,
     cursor: Option<String>,
     after: Option<String>,
     limit: Option<u32>,
+}
+
+/// Parses a status filter.
+pub fn parse_status(text: &str) -> Result<Status, ApiError> {
+    text.parse::<Status>().map_err(|e| ApiError::bad_request("bad_query", format!("status: {e}")))
+}
+
+/// Parses an error-kind filter (`timeout`, `handler`, ...).
+pub fn parse_error_kind(text: &str) -> Result<ErrorKind, ApiError> {
+    text.parse::<ErrorKind>().map_err(|e| ApiError::bad_request("bad_query", format!("error: {e}")))
 }
 
 /// Parses an RFC 3339 time or a duration back from now (`15m`, `1h`, `7d`).
@@ -85,12 +97,10 @@ pub async fn list(
     }
     let q = RecordQuery {
         function: p.function,
-        status: p
-            .status
-            .map(|s| s.parse::<Status>())
-            .transpose()
-            .map_err(|e| ApiError::bad_request("bad_query", format!("status: {e}")))?,
+        status: p.status.as_deref().map(parse_status).transpose()?,
         event_type: p.event_type,
+        error_kind: p.error.as_deref().map(parse_error_kind).transpose()?,
+        dead_lettered: p.dead_lettered,
         since: p.since.map(|t| parse_time("since", &t)).transpose()?,
         until: p.until.map(|t| parse_time("until", &t)).transpose()?,
         before: p

@@ -4,6 +4,7 @@
 mod cron;
 mod events;
 mod functions;
+mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,9 @@ impl From<DispatchError> for ApiError {
             DispatchError::UnknownFunction(_) => Self::not_found(e.to_string()),
             DispatchError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
             DispatchError::Record(_) => Self::internal(&e),
+            DispatchError::NotReplayable { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "not_replayable", e.to_string())
+            }
         }
     }
 }
@@ -111,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/functions/invoke/{name}", post(functions::invoke_post).get(functions::invoke_get))
         .route("/api/v3/events", get(events::list))
         .route("/api/v3/events/{id}", get(events::get_one))
+        .route("/api/v1/replay", post(replay::replay))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/cron", get(cron::list))
         .route("/api/v1/cron/{name}", get(cron::get_one))

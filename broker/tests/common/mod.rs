@@ -33,6 +33,12 @@ pub struct Seen {
     pub slow_started: Notify,
     /// Signalled to let /gate calls finish.
     pub gate: Notify,
+    /// /until-healed fails with 503 until this is set.
+    pub healed: std::sync::atomic::AtomicBool,
+    /// Bodies POSTed to /sink (a dead-letter sink), as JSON.
+    pub sunk: Mutex<Vec<serde_json::Value>>,
+    /// Signalled when /sink receives one.
+    pub sink_hit: Notify,
 }
 
 /// A local HTTP function server.
@@ -107,6 +113,27 @@ pub async fn function_server() -> FunctionServer {
             }),
         )
         .route(
+            "/until-healed",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
+                count(&s, &h);
+                if s.healed.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "healed")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "still broken")
+                }
+            }),
+        )
+        .route(
+            "/sink",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap, body: axum::body::Bytes| async move {
+                let ct = h.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                assert!(ct.starts_with("application/cloudevents+json"), "dead letters are structured: {ct}");
+                s.sunk.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                s.sink_hit.notify_waiters();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
             "/busy",
             post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
                 count(&s, &h);
@@ -172,9 +199,14 @@ impl Broker {
 
 /// Starts a broker from YAML text (store and bind are set here).
 pub async fn broker(yaml: &str) -> Broker {
+    broker_on(None, yaml).await
+}
+
+/// Starts a broker from YAML text on `store` (default: a new SQLite file in its temp dir).
+pub async fn broker_on(store: Option<&str>, yaml: &str) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("records.db");
-    let text = format!("store: sqlite://{}\n{yaml}", db.display());
+    let db = format!("sqlite://{}", dir.path().join("records.db").display());
+    let text = format!("store: {}\n{yaml}", store.unwrap_or(&db));
     let mut config = Config::from_yaml_str(&text, "test.yaml", |_| None).unwrap_or_else(|e| panic!("{e}"));
     config.server.bind = "127.0.0.1:0".to_owned();
     let running = app::start(config, false, std::future::pending()).await.unwrap();
@@ -268,12 +300,13 @@ impl Serve {
     }
 }
 
-/// A config for a `serve` process: the given store and source section, a free port, and an `ok` http
-/// function at `function_url` behind a match-all trigger.
+/// A config for a `serve` process: the given store (a URL, or a SQLite file path) and source section, a
+/// free port, and an `ok` http function at `function_url` behind a match-all trigger.
 pub fn process_yaml(store: &str, source: &str, function_url: &str) -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = if store.contains("://") { store.to_owned() } else { format!("sqlite://{store}") };
     format!(
-        "store: sqlite://{store}\nserver: {{bind: '127.0.0.1:{port}', shutdown_grace: 10s}}\n{source}functions:\n  - {{name: ok, runtime: http, url: '{function_url}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n"
+        "store: {store}\nserver: {{bind: '127.0.0.1:{port}', shutdown_grace: 10s}}\n{source}functions:\n  - {{name: ok, runtime: http, url: '{function_url}', max_concurrency: 16}}\ntriggers:\n  - {{name: t, function: ok}}\n"
     )
 }
 

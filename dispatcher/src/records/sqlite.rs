@@ -217,7 +217,9 @@ fn from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
         received_at: time("received_at")?.ok_or_else(|| corrupt("received_at", "missing".to_owned()))?,
         started_at: time("started_at")?,
         finished_at: time("finished_at")?,
-        replay_of: replay_of.map(|s| Uuid::parse_str(&s).map_err(|e| corrupt("replay_of", e.to_string()))).transpose()?,
+        replay_of: replay_of
+            .map(|s| Uuid::parse_str(&s).map_err(|e| corrupt("replay_of", e.to_string())))
+            .transpose()?,
     };
     read_record(row, fields)
 }

@@ -356,7 +356,12 @@ mod tests {
         assert_eq!(store.list(&dead).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![pending.id]);
         let timeouts = RecordQuery { error_kind: Some(ErrorKind::Timeout), limit: 10, ..RecordQuery::default() };
         assert_eq!(store.list(&timeouts).await.unwrap().len(), 1);
-        let g = RecordQuery { function: Some("g".into()), status: Some(Status::Success), limit: 10, ..RecordQuery::default() };
+        let g = RecordQuery {
+            function: Some("g".into()),
+            status: Some(Status::Success),
+            limit: 10,
+            ..RecordQuery::default()
+        };
         assert_eq!(store.list(&g).await.unwrap()[0].id, other.id);
     }
 
@@ -412,7 +417,8 @@ mod tests {
     #[tokio::test]
     async fn replicas_migrating_one_new_postgres_database_together_both_start() {
         let Some(db) = TestDatabase::create().await else { return };
-        let (a, b, c) = tokio::join!(RecordStore::open(&db.url), RecordStore::open(&db.url), RecordStore::open(&db.url));
+        let (a, b, c) =
+            tokio::join!(RecordStore::open(&db.url), RecordStore::open(&db.url), RecordStore::open(&db.url));
         a.unwrap();
         b.unwrap();
         c.unwrap();
