@@ -890,6 +890,11 @@ pub(crate) fn check_name(name: &str, field: &str) -> Result<(), FieldError> {
 fn substitute_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
     for (n, line) in text.split_inclusive('\n').enumerate() {
+        // A whole-line YAML comment may mention variables that are not set (commented-out examples).
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(pos) = rest.find("${") {
             if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
@@ -1114,6 +1119,7 @@ triggers:
         assert!(err.to_string().contains("MISSING_VAR is not set"), "{err}");
         assert_eq!(err.line(), Some(2));
         let c = parse("functions:\n  - {name: a, runtime: http, url: 'http://x/', env: {A: '$${literal}'}}\n").unwrap();
+        assert!(parse("# store: ${NOT_SET_ANYWHERE}\n  # url: ${NOR_THIS}\n").is_ok(), "comment lines are left alone");
         assert_eq!(c.functions[0].env["A"], "${literal}");
     }
 
