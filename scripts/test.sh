@@ -53,8 +53,27 @@ ensure_rabbitmq() {
   for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
 }
 
+ensure_postgres() {
+  port_open 5432 && return 0
+  local version
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    apt_install postgresql
+    # A fresh install asks for passwords on TCP; the tests connect as postgres over 127.0.0.1 like the
+    # development machines do (trust), so allow that for loopback only.
+    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    sed -i '1i host all all 127.0.0.1/32 trust' "/etc/postgresql/$version/main/pg_hba.conf"
+  fi
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  log "starting PostgreSQL $version on 127.0.0.1:5432"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  wait_port 5432 PostgreSQL
+}
+
 ensure_nats
 ensure_rabbitmq
+ensure_postgres
+# The PostgreSQL tests create and drop their own databases as this role (trust auth on the machine).
+export SWITCHYARD_TEST_POSTGRES="${SWITCHYARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is not on PATH: install the Rust toolchain (rustup) first"; exit 1
