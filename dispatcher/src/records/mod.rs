@@ -13,4 +13,4 @@ mod writer;
 pub use store::{RecordQuery, RecordStore, StoreError};
 #[doc(hidden)]
 pub use testing::TestDatabase;
-pub use writer::{RecordWriter, WriteError};
+pub use writer::{RecordWriter, WriteError, MAX_BATCH};
