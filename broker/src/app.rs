@@ -84,7 +84,14 @@ pub async fn start(
     }
     let store = RecordStore::open(&config.store).await.map_err(|e| StartError::Other(e.to_string()))?;
     let state: Arc<dyn SourceState> = Arc::new(store.clone());
-    let dispatcher = Dispatcher::start(&config, store).await.map_err(|e| StartError::Usage(e.to_string()))?;
+    let dispatcher = Dispatcher::start(&config, store.clone()).await.map_err(|e| StartError::Usage(e.to_string()))?;
+    // Functions and triggers changed through the API (here or on another replica) override the file.
+    let mut revision = 0;
+    crate::registry::apply_since(&dispatcher, &mut revision)
+        .await
+        .map_err(|e| StartError::Other(format!("registry: {e}")))?;
+    let background = tokio_util::sync::CancellationToken::new();
+    crate::registry::spawn(dispatcher.clone(), store, revision, background.clone());
     let sources = Sources::start(&config, &dispatcher, &state);
     let listener =
         TcpListener::bind(bind).await.map_err(|e| StartError::Other(format!("cannot listen on {bind}: {e}")))?;
@@ -124,6 +131,7 @@ pub async fn start(
                 "shutting down: ingress closed, draining in-flight invocations"
             );
             let _ = http_stop_tx.send(());
+            background.cancel();
             let started = tokio::time::Instant::now();
             let sources_in_time = sources.stop(grace).await;
             let in_time = d.shutdown(grace.saturating_sub(started.elapsed())).await && sources_in_time;

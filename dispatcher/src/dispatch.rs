@@ -641,6 +641,48 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The triggers, in routing order.
+    pub fn triggers(&self) -> Vec<TriggerConfig> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.triggers.iter().map(|t| (**t).clone()).collect()
+    }
+
+    /// One trigger.
+    pub fn trigger(&self, name: &str) -> Option<TriggerConfig> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.triggers.iter().find(|t| t.name == name).map(|t| (**t).clone())
+    }
+
+    /// Adds a trigger or replaces the one of the same name (in place, keeping its routing position).
+    /// Returns whether it was new. Deliveries already routed keep the old version.
+    ///
+    /// # Errors
+    /// The first problem with it, with the field path (e.g. a function that does not exist).
+    pub fn upsert_trigger(&self, trigger: TriggerConfig) -> Result<bool, switchyard_schemas::config::FieldError> {
+        let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let function = reg.functions.get(&trigger.function).map(|f| f.config.clone());
+        trigger.validate("trigger", function.as_ref())?;
+        let trigger = Arc::new(trigger);
+        match reg.triggers.iter_mut().find(|t| t.name == trigger.name) {
+            Some(slot) => {
+                *slot = trigger;
+                Ok(false)
+            }
+            None => {
+                reg.triggers.push(trigger);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a trigger; returns whether it existed.
+    pub fn remove_trigger(&self, name: &str) -> bool {
+        let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = reg.triggers.len();
+        reg.triggers.retain(|t| t.name != name);
+        reg.triggers.len() != before
+    }
+
     /// Stops taking events, lets in-flight invocations finish for up to `grace`, then gives up on the
     /// rest (their records say FAILURE/shutdown and their deliveries are not acked). Every record is
     /// durable when this returns. Returns whether everything finished within the grace period.

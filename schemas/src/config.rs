@@ -820,26 +820,39 @@ impl Config {
         let mut trigger_names = std::collections::HashSet::new();
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}]");
-            check_name(&t.name, &format!("{at}.name"))?;
             if !trigger_names.insert(t.name.as_str()) {
                 return Err(FieldError::new(format!("{at}.name"), format!("duplicate trigger {:?}", t.name)));
             }
-            let Some(function) = self.functions.iter().find(|f| f.name == t.function) else {
-                return Err(FieldError::new(
-                    format!("{at}.function"),
-                    format!("no function named {:?} in `functions`", t.function),
-                ));
-            };
-            for (j, filter) in t.filters.iter().enumerate() {
-                filter.validate(&format!("{at}.filters[{j}]"))?;
-            }
-            t.delivery.validate(&format!("{at}.delivery"), function)?;
-            if let Some(sink) = &t.dead_letter {
-                sink.validate(&format!("{at}.dead_letter"))?;
-            }
-            if t.idempotency_window.is_some_and(|w| w.is_zero()) {
-                return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
-            }
+            let function = self.functions.iter().find(|f| f.name == t.function);
+            t.validate(&at, function)?;
+        }
+        Ok(())
+    }
+}
+
+impl TriggerConfig {
+    /// Checks the trigger against the function it names (`None`: no such function). `at` is the field
+    /// path, e.g. `triggers[0]`.
+    ///
+    /// # Errors
+    /// The first problem, with the field path.
+    pub fn validate(&self, at: &str, function: Option<&FunctionConfig>) -> Result<(), FieldError> {
+        check_name(&self.name, &format!("{at}.name"))?;
+        let Some(function) = function else {
+            return Err(FieldError::new(
+                format!("{at}.function"),
+                format!("no function named {:?} in `functions`", self.function),
+            ));
+        };
+        for (j, filter) in self.filters.iter().enumerate() {
+            filter.validate(&format!("{at}.filters[{j}]"))?;
+        }
+        self.delivery.validate(&format!("{at}.delivery"), function)?;
+        if let Some(sink) = &self.dead_letter {
+            sink.validate(&format!("{at}.dead_letter"))?;
+        }
+        if self.idempotency_window.is_some_and(|w| w.is_zero()) {
+            return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ mod cron;
 mod events;
 mod functions;
 mod replay;
+mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/functions", get(functions::list).post(functions::create))
         .route("/api/v1/functions/{name}", get(functions::get_one).put(functions::update).delete(functions::delete))
         .route("/api/v1/functions/invoke/{name}", post(functions::invoke_post).get(functions::invoke_get))
+        .route("/api/v1/triggers", get(triggers::list).post(triggers::create))
+        .route("/api/v1/triggers/{name}", get(triggers::get_one).put(triggers::update).delete(triggers::delete))
         .route("/api/v3/events", get(events::list))
         .route("/api/v3/events/{id}", get(events::get_one))
         .route("/api/v1/replay", post(replay::replay))
