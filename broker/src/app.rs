@@ -212,11 +212,18 @@ impl Sources {
                 .instrument(tracing::info_span!("source", source = %name)),
             );
             let d = dispatcher.clone();
+            // A clone shares the counter: no lock per delivery.
+            let received = d
+                .metrics()
+                .events_received
+                .get_or_create(&switchyard_dispatcher::metrics::SourceLabel { source: name.clone() })
+                .clone();
             tracker.spawn(
                 async move {
                     // Waits for room in the functions' queues: backpressure reaches the source through
                     // this bounded channel. A delivery refused at shutdown is dropped unacked.
                     while let Some(delivery) = rx.recv().await {
+                        received.inc();
                         if let Err(e) = d.dispatch(delivery).await {
                             tracing::debug!(error = %e, "delivery not dispatched");
                         }

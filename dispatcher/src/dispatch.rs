@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::metrics::{self, Metrics};
 use crate::records::{RecordStore, RecordWriter, WriteError};
 use crate::router;
 use crate::runtime::{self, DeployError, Invocation, InvokeError, Progress, Response, Runtime};
@@ -120,6 +121,8 @@ struct FunctionEntry {
     runtime: Arc<dyn Runtime>,
     service: FunctionService,
     admission: Arc<Semaphore>,
+    /// Attempts running in the runtime now.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FunctionEntry {
@@ -141,6 +144,7 @@ struct Inner {
     http: reqwest::Client,
     records: RecordsConfig,
     dead_letters: DeadLetterPublisher,
+    metrics: Arc<Metrics>,
     tracker: TaskTracker,
     abandon: CancellationToken,
     /// Stops background work (retention) at shutdown.
@@ -171,7 +175,8 @@ impl Dispatcher {
     pub async fn start(config: &Config, store: RecordStore) -> Result<Self, DeployError> {
         let http = runtime::http::client()
             .map_err(|e| DeployError { function: "(http client)".to_owned(), message: e.to_string() })?;
-        let (writer, _task) = RecordWriter::spawn(store.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics));
         let mut registry = Registry::default();
         for f in &config.functions {
             registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
@@ -187,6 +192,7 @@ impl Dispatcher {
                 writer,
                 store,
                 dead_letters: DeadLetterPublisher::new(http.clone()),
+                metrics,
                 http,
                 records: config.records.clone(),
                 tracker: TaskTracker::new(),
@@ -201,6 +207,27 @@ impl Dispatcher {
     /// The records store.
     pub fn store(&self) -> &RecordStore {
         &self.inner.store
+    }
+
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The metrics in the OpenMetrics text format, with the per-function gauges read now.
+    pub fn encode_metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        {
+            let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for f in reg.functions.values() {
+                let label = metrics::function(&f.config.name);
+                let admitted = f.capacity() - f.admission.available_permits();
+                let running = f.running.load(Ordering::Relaxed);
+                m.in_flight.get_or_create(&label).set(i64::try_from(running).unwrap_or(i64::MAX));
+                m.queued.get_or_create(&label).set(i64::try_from(admitted.saturating_sub(running)).unwrap_or(i64::MAX));
+            }
+        }
+        m.encode()
     }
 
     /// Counters since start.
@@ -274,10 +301,12 @@ impl Dispatcher {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         if matched.is_empty() {
             self.inner.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.events_unmatched.inc();
             tracing::debug!(event_id = %delivery.event.id, event_type = %delivery.event.ty, "no trigger matched");
             delivery.ack.resolve(Outcome::Unmatched);
             return;
         }
+        self.inner.metrics.events_routed.inc();
         let this = self.clone();
         let span = tracing::debug_span!("delivery", event_id = %delivery.event.id, triggers = matched.len());
         self.inner.tracker.spawn(
@@ -500,6 +529,7 @@ impl Dispatcher {
                 tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
             }
         }
+        self.observe(&record);
         if record.dead_lettered {
             self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(sink) = dead_letter {
@@ -524,9 +554,34 @@ impl Dispatcher {
         let letter = dead_letter_event(event, &why);
         if let Err(e) = self.inner.dead_letters.publish(sink, &letter).await {
             self.inner.stats.dead_letter_sink_failures.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.dead_letter_sink_failures.get_or_create(&metrics::function(&record.function)).inc();
             tracing::error!(record = %record.id, error = %e, "dead letter not published; it stays in the records");
             let msg = record.error_message.get_or_insert_with(String::new);
             msg.push_str(&format!("\n[{e}]"));
+        }
+    }
+
+    /// Counts a terminal invocation in the metrics.
+    fn observe(&self, record: &EventRecord) {
+        let m = &self.inner.metrics;
+        let label = metrics::function(&record.function);
+        m.invocations
+            .get_or_create(&metrics::StatusLabel {
+                function: record.function.clone(),
+                status: record.status.as_str().to_owned(),
+            })
+            .inc();
+        if let Some(ms) = record.duration_ms {
+            m.invocation_duration.get_or_create(&label).observe(ms.max(0) as f64 / 1000.0);
+        }
+        if record.attempts > 1 {
+            m.retries.get_or_create(&label).inc_by(u64::from(record.attempts - 1));
+        }
+        if record.cold_start {
+            m.cold_starts.get_or_create(&label).inc();
+        }
+        if record.dead_lettered {
+            m.dead_letters.get_or_create(&label).inc();
         }
     }
 
@@ -586,6 +641,7 @@ impl Dispatcher {
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
         record.error_message = Some(reason.clone());
+        self.observe(&record);
         self.inner.writer.write(record.clone()).await?;
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
@@ -739,9 +795,10 @@ async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<Funct
     let runtime = runtime::build(config, http).await?;
     // One invocation per instance: at most max_instances run; the rest wait in the queue.
     let limit = config.max_instances.map_or(config.max_concurrency, |m| m.min(config.max_concurrency));
-    let service = stack::build(Arc::clone(&runtime), limit);
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = stack::build(Arc::clone(&runtime), limit, Arc::clone(&running));
     let admission = Arc::new(Semaphore::new(config.max_concurrency + config.queue_size));
-    Ok(FunctionEntry { config: config.clone(), runtime, service, admission })
+    Ok(FunctionEntry { config: config.clone(), runtime, service, admission, running })
 }
 
 fn non_empty(text: &str, cap: usize) -> Option<String> {

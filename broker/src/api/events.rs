@@ -28,6 +28,7 @@ pub async fn ingest(
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()).with(json!({"attribute": e.attribute})))?;
     let mut accepted = Vec::with_capacity(events.len());
     for event in events {
+        state.dispatcher.metrics().received("http");
         let id = event.id.clone();
         let (delivery, _ack) = Delivery::new(event);
         match state.dispatcher.try_dispatch(delivery) {

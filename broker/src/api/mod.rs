@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v3/events/{id}", get(events::get_one))
         .route("/api/v1/replay", post(replay::replay))
         .route("/api/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/api/v1/cron", get(cron::list))
         .route("/api/v1/cron/{name}", get(cron::get_one))
         .route("/api/v1/cron/{name}/next", get(cron::next))
@@ -134,6 +135,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.dispatcher.encode_metrics(),
+    )
+        .into_response()
 }
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -1,0 +1,60 @@
+//! Observability: `/metrics` scraped and parsed, with counters matching what the test sent.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{broker, function_server};
+use switchyard_dispatcher::records::RecordQuery;
+
+/// Parses the OpenMetrics text: `name{labels}` -> value (comments skipped).
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        out.insert(key.to_owned(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_sent() {
+    let fs = function_server().await;
+    let yaml = format!(
+        "functions:\n  - {{name: f, runtime: http, url: '{}'}}\n  - {{name: g, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: tf, function: f, filters: [{{exact: {{type: to.f}}}}], delivery: {{retries: 3, backoff: {{initial: 1ms, max: 2ms}}}}}}\n  - {{name: tg, function: g, filters: [{{exact: {{type: to.g}}}}], delivery: {{retries: 0}}}}\n",
+        fs.url("/flaky/1"),
+        fs.url("/bad")
+    );
+    let b = broker(&yaml).await;
+    for i in 0..3 {
+        assert_eq!(b.post_event(&format!("f-{i}"), "to.f", "{}").await.status(), 202);
+    }
+    assert_eq!(b.post_event("g-1", "to.g", "{}").await.status(), 202);
+    assert_eq!(b.post_event("u-1", "nobody.listens", "{}").await.status(), 202);
+    b.wait_terminal(RecordQuery::default(), 4).await;
+    // Admission slots are released just after the terminal record is committed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ["f", "g"].iter().any(|f| b.running.dispatcher.function(f).unwrap().in_flight > 0) {
+        assert!(tokio::time::Instant::now() < deadline, "invocations still admitted");
+        tokio::task::yield_now().await;
+    }
+    let resp = b.http.get(b.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let m = parse(&resp.text().await.unwrap());
+    let get = |k: &str| m.get(k).copied().unwrap_or_else(|| panic!("no sample {k}; have {:?}", m.keys()));
+    assert_eq!(get(r#"switchyard_events_received_total{source="http"}"#), 5.0);
+    assert_eq!(get("switchyard_events_routed_total"), 4.0);
+    assert_eq!(get("switchyard_events_unmatched_total"), 1.0);
+    assert_eq!(get(r#"switchyard_invocations_total{function="f",status="SUCCESS"}"#), 3.0);
+    assert_eq!(get(r#"switchyard_invocations_total{function="g",status="FAILURE"}"#), 1.0);
+    // /flaky/1 fails each event's first attempt once.
+    assert_eq!(get(r#"switchyard_invocation_retries_total{function="f"}"#), 3.0);
+    assert_eq!(get(r#"switchyard_dead_letters_total{function="g"}"#), 1.0);
+    assert_eq!(get(r#"switchyard_invocation_duration_seconds_count{function="f"}"#), 3.0);
+    assert_eq!(get(r#"switchyard_function_in_flight{function="f"}"#), 0.0);
+    assert_eq!(get(r#"switchyard_function_queued{function="f"}"#), 0.0);
+    assert!(get("switchyard_record_batch_size_records_count") >= 1.0);
+    assert!(get("switchyard_record_batch_duration_seconds_count") >= 1.0);
+    assert!(!m.contains_key(r#"switchyard_dead_letters_total{function="f"}"#), "f had no dead letters");
+}
