@@ -184,6 +184,16 @@ struct Sources {
     cron: crate::cron_ops::CronSources,
 }
 
+/// The OpenTelemetry `messaging.system` of a source.
+fn messaging_system(source: &switchyard_schemas::sources::SourceConfig) -> &'static str {
+    use switchyard_schemas::sources::SourceConfig;
+    match source {
+        SourceConfig::Nats(_) => "nats",
+        SourceConfig::Amqp(_) => "rabbitmq",
+        SourceConfig::Cron(_) => "cron",
+    }
+}
+
 /// Deliveries a source may have queued for the dispatcher before it has to wait.
 const SOURCE_CHANNEL: usize = 256;
 
@@ -212,6 +222,7 @@ impl Sources {
                 .instrument(tracing::info_span!("source", source = %name)),
             );
             let d = dispatcher.clone();
+            let system = messaging_system(sc);
             // A clone shares the counter: no lock per delivery.
             let received = d
                 .metrics()
@@ -224,7 +235,8 @@ impl Sources {
                     // this bounded channel. A delivery refused at shutdown is dropped unacked.
                     while let Some(delivery) = rx.recv().await {
                         received.inc();
-                        if let Err(e) = d.dispatch(delivery).await {
+                        let span = crate::telemetry::receive_span(system, &name, &delivery.event);
+                        if let Err(e) = d.dispatch(delivery).instrument(span).await {
                             tracing::debug!(error = %e, "delivery not dispatched");
                         }
                     }

@@ -6,3 +6,4 @@ pub mod app;
 pub mod client;
 pub mod cron_ops;
 pub mod registry;
+pub mod telemetry;

@@ -308,7 +308,13 @@ impl Dispatcher {
         }
         self.inner.metrics.events_routed.inc();
         let this = self.clone();
-        let span = tracing::debug_span!("delivery", event_id = %delivery.event.id, triggers = matched.len());
+        let span = tracing::debug_span!(
+            "delivery",
+            otel.name = "route",
+            event_id = %delivery.event.id,
+            event_type = %delivery.event.ty,
+            triggers = matched.len()
+        );
         self.inner.tracker.spawn(
             async move {
                 let event = Arc::new(delivery.event);
@@ -536,7 +542,9 @@ impl Dispatcher {
                 self.send_dead_letter(sink, &event, &mut record).await;
             }
         }
-        self.inner.writer.write(record.clone()).await?;
+        let span =
+            tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = %record.status);
+        self.inner.writer.write(record.clone()).instrument(span).await?;
         Ok(InvokeResult { record, response })
     }
 
@@ -820,6 +828,16 @@ fn trace_id_of(event: &CloudEvent) -> String {
                 return id;
             }
         }
+    }
+    // No traceparent: the trace the current span belongs to (when spans are exported), so the record
+    // and the exported spans share one id; else a new random id.
+    let current = {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        tracing::Span::current().context().span().span_context().trace_id()
+    };
+    if current != opentelemetry::trace::TraceId::INVALID {
+        return current.to_string();
     }
     format!("{:032x}", rand::random::<u128>() | 1)
 }

@@ -27,6 +27,9 @@ pub struct Config {
     /// What is kept of each invocation in its record.
     #[serde(default)]
     pub records: RecordsConfig,
+    /// OpenTelemetry trace export. Off by default.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The functions events are delivered to.
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
@@ -48,6 +51,7 @@ impl Default for Config {
             store: default_store(),
             server: ServerConfig::default(),
             records: RecordsConfig::default(),
+            telemetry: TelemetryConfig::default(),
             functions: Vec::new(),
             triggers: Vec::new(),
             sources: Vec::new(),
@@ -119,6 +123,23 @@ pub struct RecordsConfig {
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub retention: Option<Duration>,
+}
+
+/// OpenTelemetry trace export over OTLP (HTTP/protobuf). Export is on when an endpoint is set here or
+/// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (and `OTEL_SDK_DISABLED` is
+/// not `true`); the other standard `OTEL_*` variables apply too (headers, timeout, sampler).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318` (spans go to `/v1/traces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute. Default `OTEL_SERVICE_NAME`, else `switchyard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Fraction of new traces kept (0 to 1) when no incoming `traceparent` decides. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
 }
 
 const fn default_replay_bytes() -> usize {
@@ -778,6 +799,16 @@ impl Config {
                 "store",
                 format!("unsupported store {:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE", self.store),
             ));
+        }
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(FieldError::new("telemetry.otlp_endpoint", format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if let Some(r) = self.telemetry.sample_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(FieldError::new("telemetry.sample_ratio", "must be between 0 and 1"));
+            }
         }
         if let Some(r) = self.records.retention {
             if r < Duration::from_secs(60) {
