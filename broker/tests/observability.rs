@@ -58,3 +58,36 @@ async fn metrics_count_what_was_sent() {
     assert!(get("switchyard_record_batch_duration_seconds_count") >= 1.0);
     assert!(!m.contains_key(r#"switchyard_dead_letters_total{function="f"}"#), "f had no dead letters");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_stream_delivers_a_line_written_by_a_handler() {
+    let handler = common::python_handler("behaviours.py");
+    let b = broker(&format!(
+        "functions:\n  - {{name: echo, runtime: python, handler: '{handler}', entrypoint: echo}}\ntriggers:\n  - {{name: t, function: echo}}\n"
+    ))
+    .await;
+    let resp = b.http.get(b.url("/api/v1/functions/echo/logs")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut body = resp;
+    assert_eq!(b.post_event("logged-1", "t", r#"{"word": "marmalade"}"#).await.status(), 202);
+    let mut seen = String::new();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(chunk) = body.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(frame) = seen.split("\n\n").find(|f| f.contains("event: record")) {
+                let data: String = frame.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                return serde_json::from_str::<serde_json::Value>(&data).unwrap();
+            }
+        }
+        panic!("the stream ended");
+    })
+    .await
+    .expect("a record event within 30 s");
+    assert_eq!(found["event_id"], "logged-1");
+    let logs = found["logs"].as_str().unwrap();
+    assert!(logs.contains("echo got") && logs.contains("marmalade"), "{logs}");
+    assert!(logs.contains("to stderr"));
+    let missing = b.http.get(b.url("/api/v1/functions/nope/logs")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

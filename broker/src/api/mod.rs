@@ -4,6 +4,7 @@
 mod cron;
 mod events;
 mod functions;
+mod logs;
 mod replay;
 mod triggers;
 
@@ -113,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", post(events::ingest))
         .route("/api/v1/functions", get(functions::list).post(functions::create))
         .route("/api/v1/functions/{name}", get(functions::get_one).put(functions::update).delete(functions::delete))
+        .route("/api/v1/functions/{name}/logs", get(logs::stream))
         .route("/api/v1/functions/invoke/{name}", post(functions::invoke_post).get(functions::invoke_get))
         .route("/api/v1/triggers", get(triggers::list).post(triggers::create))
         .route("/api/v1/triggers/{name}", get(triggers::get_one).put(triggers::update).delete(triggers::delete))
