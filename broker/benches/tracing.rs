@@ -63,7 +63,7 @@ async fn serve(dir: &std::path::Path, name: &str, function: &str, telemetry: &st
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -109,10 +109,18 @@ async fn main() {
     let concurrency = env_usize("SWITCHYARD_BENCH_CONCURRENCY", 32);
     let (endpoint, exported) = otlp_sink().await;
     let function = noop_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let off = serve(dir.path(), "off", &function, "").await;
-    let on = serve(dir.path(), "on", &function, &format!("telemetry: {{otlp_endpoint: '{endpoint}'}}\n")).await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    // Kept after a failure, so the brokers' logs can be read.
+    let dir = tempfile::Builder::new().prefix("sy-tracing-bench").tempdir().unwrap().keep();
+    eprintln!("broker logs in {}", dir.display());
+    let off = serve(&dir, "off", &function, "").await;
+    let on = serve(&dir, "on", &function, &format!("telemetry: {{otlp_endpoint: '{endpoint}'}}\n")).await;
+    // Idle connections to one process wait while the other is driven; drop them before the server's
+    // 30 s header-read timeout closes them under a reused request.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     round(&off, &client, 0, 200.min(n), concurrency).await; // warm-up
     round(&on, &client, 0, 200.min(n), concurrency).await;
     let (mut rates_off, mut rates_on) = (Vec::new(), Vec::new());
