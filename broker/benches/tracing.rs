@@ -152,4 +152,5 @@ async fn main() {
         exported.load(Ordering::Relaxed)
     );
     drop((off.child, on.child));
+    let _ = std::fs::remove_dir_all(&dir);
 }
