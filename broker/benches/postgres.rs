@@ -32,7 +32,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn record(i: usize) -> EventRecord {
     let now = Utc::now();
-    let failed = i % 25 == 0;
+    let failed = i.is_multiple_of(25);
     let request = format!(
         r#"{{"specversion":"1.0","id":"evt-{i}","source":"/bench/orders","type":"order.created","datacontenttype":"application/json","data":{{"order":{i},"items":[{{"sku":"A-1","qty":2}}],"total":31.5}}}}"#
     );

@@ -121,7 +121,7 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
         Some(t) => provider(t)?,
         None => None,
     };
-    let otel = provider.as_ref().map(|p| otel_layer(p));
+    let otel = provider.as_ref().map(otel_layer);
     tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
     if let Some(e) = telemetry.and_then(endpoint) {
         tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");

@@ -2,6 +2,7 @@
 //! structured-mode CloudEvent (JSON) carrying why it failed in extensions. Connections are opened on
 //! first use, kept, and reopened after a failure.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -123,9 +124,9 @@ impl DeadLetterPublisher {
             DeadLetterSink::Nats { url, subject } => {
                 let client = {
                     let mut conns = self.conns.lock().await;
-                    if !conns.contains_key(&key(sink)) {
+                    if let Entry::Vacant(slot) = conns.entry(key(sink)) {
                         let c = async_nats::connect(url.as_str()).await.map_err(|e| e.to_string())?;
-                        conns.insert(key(sink), Conn::Nats(c));
+                        slot.insert(Conn::Nats(c));
                     }
                     match conns.get(&key(sink)) {
                         Some(Conn::Nats(c)) => c.clone(),
@@ -142,12 +143,12 @@ impl DeadLetterPublisher {
             }
             DeadLetterSink::Amqp { url, exchange, routing_key } => {
                 let mut conns = self.conns.lock().await;
-                if !conns.contains_key(&key(sink)) {
+                if let Entry::Vacant(slot) = conns.entry(key(sink)) {
                     let conn =
                         Connection::connect(url, ConnectionProperties::default()).await.map_err(|e| e.to_string())?;
                     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
                     ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
-                    conns.insert(key(sink), Conn::Amqp(conn, ch));
+                    slot.insert(Conn::Amqp(conn, ch));
                 }
                 let Some(Conn::Amqp(_, ch)) = conns.get(&key(sink)) else {
                     return Err("connection kind mismatch".into());
