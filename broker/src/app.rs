@@ -92,6 +92,11 @@ pub async fn start(
         .map_err(|e| StartError::Other(format!("registry: {e}")))?;
     let background = tokio_util::sync::CancellationToken::new();
     crate::registry::spawn(dispatcher.clone(), store, revision, background.clone());
+    for sc in &config.sources {
+        if let Some(probe) = switchyard_connectors::lag::LagProbe::for_source(sc) {
+            spawn_lag(&dispatcher, sc.name(), probe, background.clone());
+        }
+    }
     let sources = Sources::start(&config, &dispatcher, &state);
     let listener =
         TcpListener::bind(bind).await.map_err(|e| StartError::Other(format!("cannot listen on {bind}: {e}")))?;
@@ -182,6 +187,37 @@ struct Sources {
     tracker: TaskTracker,
     /// Handles on the cron sources, for the API.
     cron: crate::cron_ops::CronSources,
+}
+
+/// How often source lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads a source's lag into `switchyard_source_lag_messages` until `stop`.
+fn spawn_lag(
+    dispatcher: &Dispatcher,
+    source: &str,
+    mut probe: switchyard_connectors::lag::LagProbe,
+    stop: CancellationToken,
+) {
+    let metrics = Arc::clone(dispatcher.metrics());
+    let source = source.to_owned();
+    tokio::spawn(async move {
+        loop {
+            match probe.read().await {
+                Ok(parts) => {
+                    for (partition, n) in parts {
+                        let label = switchyard_dispatcher::metrics::LagLabel { source: source.clone(), partition };
+                        metrics.source_lag.get_or_create(&label).set(n);
+                    }
+                }
+                Err(e) => tracing::debug!(%source, error = %e, "source lag not readable"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LAG_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// The OpenTelemetry `messaging.system` of a source.

@@ -91,3 +91,63 @@ async fn the_log_stream_delivers_a_line_written_by_a_handler() {
     let missing = b.http.get(b.url("/api/v1/functions/nope/logs")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_lag_is_read_from_jetstream_and_rabbitmq() {
+    use async_nats::jetstream;
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use switchyard_connectors::lag::LagProbe;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (stream, subject, durable, queue) =
+        (format!("SYLAG{id}"), format!("sy.lag.{id}"), format!("d{id}"), format!("sy-lag-{id}"));
+    // 7 messages waiting in a stream for a durable consumer.
+    let js = jetstream::new(async_nats::connect("nats://127.0.0.1:4222").await.expect("NATS on 127.0.0.1:4222"));
+    let s = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{subject}.>")],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.create_consumer(jetstream::consumer::pull::Config { durable_name: Some(durable.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    for i in 0..7 {
+        js.publish(format!("{subject}.m"), format!("{i}").into()).await.unwrap().await.unwrap();
+    }
+    // 3 messages ready in a queue.
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for _ in 0..3 {
+        ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), b"x", Default::default())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let yaml = format!(
+        "sources:\n  - {{type: nats, name: js, jetstream: {{stream: {stream}, durable: {durable}}}}}\n  - {{type: amqp, name: q, url: '{url}', queue: {queue}}}\n"
+    );
+    let config = switchyard_schemas::Config::from_yaml_str(&yaml, "lag.yaml", |_| None).unwrap();
+    let mut nats = LagProbe::for_source(&config.sources[0]).unwrap();
+    let mut amqp = LagProbe::for_source(&config.sources[1]).unwrap();
+    assert_eq!(nats.read().await.unwrap(), vec![(String::new(), 7)]);
+    assert_eq!(amqp.read().await.unwrap(), vec![(String::new(), 3)]);
+    // A queue that does not exist is an error, and the probe recovers once it does.
+    let missing = format!("{queue}-missing");
+    let yaml = format!("sources:\n  - {{type: amqp, name: m, url: '{url}', queue: {missing}}}\n");
+    let config = switchyard_schemas::Config::from_yaml_str(&yaml, "lag.yaml", |_| None).unwrap();
+    let mut probe = LagProbe::for_source(&config.sources[0]).unwrap();
+    assert!(probe.read().await.is_err());
+    ch.queue_declare(missing.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
+    assert_eq!(probe.read().await.unwrap(), vec![(String::new(), 0)]);
+    for q in [&queue, &missing] {
+        ch.queue_delete(q.as_str().into(), Default::default()).await.unwrap();
+    }
+    js.delete_stream(&stream).await.unwrap();
+}

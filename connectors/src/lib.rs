@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod cron;
 pub mod dead_letter;
+pub mod lag;
 mod memory_state;
 pub mod nats;
 
