@@ -240,16 +240,23 @@ impl Dispatcher {
                 let event = Arc::new(delivery.event);
                 let received_at = Utc::now();
                 let skip = delivery.skip.clone();
+                let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
                 let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
                     let skip = skip.clone();
+                    let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
                     async move {
-                        let r = match skip {
-                            Some(reason) => this.skip(&function, &trigger.name, event, received_at, reason).await,
-                            None => {
+                        let r = match (undecodable, skip) {
+                            (Some(error), _) => {
+                                this.not_invoked(&function, &trigger.name, event, received_at, error, true).await
+                            }
+                            (None, Some(reason)) => {
+                                this.not_invoked(&function, &trigger.name, event, received_at, reason, false).await
+                            }
+                            (None, None) => {
                                 this.run(&function, &trigger.name, &trigger.delivery, event, received_at, &cancel).await
                             }
                         };
@@ -412,17 +419,26 @@ impl Dispatcher {
         }
     }
 
-    /// A deliberately skipped invocation: one SKIPPED record, durable before returning.
-    async fn skip(
+    /// An invocation that does not run, with one terminal record durable before returning: SKIPPED
+    /// (deliberately skipped), or, for a message that could not be decoded, FAILURE dead-lettered
+    /// with error kind `decode`.
+    async fn not_invoked(
         &self,
         function: &FunctionEntry,
         trigger: &str,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
         reason: String,
+        undecodable: bool,
     ) -> Result<InvokeResult, DispatchError> {
         let mut record = self.new_record(function, trigger, &event, received_at);
-        record.status = Status::Skipped;
+        if undecodable {
+            record.status = Status::Failure;
+            record.error_kind = Some(ErrorKind::Decode);
+            record.dead_lettered = true;
+        } else {
+            record.status = Status::Skipped;
+        }
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
         record.error_message = Some(reason.clone());
