@@ -322,14 +322,15 @@ async fn rebalance_drains_running_work_and_commits_before_releasing_partitions()
     // B joins: some partitions move to B. A's revoke waits for the held messages; finish them after
     // B joined, then A commits and releases.
     let mut b = start(&source_yaml(&t.bootstrap, &topic, &group, extra));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Not a synchronisation (the outcome is the same either way): gives B time to join so that the
+    // revoke happens while A still holds the messages, which is the case under test.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for mut d in held {
         d.ack.resolve(DONE);
     }
     // Every message arrives exactly once across A and B: the drained ones were committed before
     // their partitions moved, so B starts after them.
     let mut seen: HashSet<String> = HashSet::new();
-    let mut firsts = 4;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < 4 {
         assert!(tokio::time::Instant::now() < deadline, "seen {seen:?}");
@@ -337,9 +338,7 @@ async fn rebalance_drains_running_work_and_commits_before_releasing_partitions()
             Some(mut d) = a.rx.recv() => { assert!(seen.insert(d.event.id.clone()), "duplicate {}", d.event.id); d.ack.resolve(DONE); }
             Some(mut d) = b.rx.recv() => { assert!(seen.insert(d.event.id.clone()), "duplicate {}", d.event.id); d.ack.resolve(DONE); }
         }
-        firsts += 0;
     }
-    let _ = firsts;
     wait_committed(&t.bootstrap, &group, &topic, &(0..4).map(|p| (p, 2)).collect()).await;
     a.stop().await;
     b.stop().await;

@@ -82,6 +82,17 @@ pub async fn function_server() -> FunctionServer {
             }),
         )
         .route(
+            "/poison",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap, body: axum::body::Bytes| async move {
+                count(&s, &h);
+                if body.windows(6).any(|w| w == b"poison") {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "poisoned")
+                } else {
+                    (StatusCode::OK, "fine")
+                }
+            }),
+        )
+        .route(
             "/bad",
             post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
                 count(&s, &h);

@@ -108,7 +108,7 @@ enum Lane {
 
 #[derive(Debug)]
 enum ToScheduler {
-    Message(Taken),
+    Message(Box<Taken>),
     Revoked(Vec<Tp>),
 }
 
@@ -252,7 +252,7 @@ impl Source for KafkaSource {
                 })?;
             done_rx
         };
-        let scheduled = schedule(&ctx, &offsets, from_consumer, config.ordering)
+        let scheduled = schedule(&ctx, &offsets, from_consumer)
             .instrument(tracing::info_span!("kafka_scheduler", source = %ctx.name))
             .await;
         // The scheduler returns at shutdown once every handed-on message is resolved (or when the
@@ -323,7 +323,7 @@ fn consume(
             tracing::trace!(topic = %tp.0, partition = tp.1, "paused at the in-flight limit");
         }
         let msg = decode(&message, &cluster, tp, taken.epoch, config.ordering);
-        if to_scheduler.send(ToScheduler::Message(msg)).is_err() {
+        if to_scheduler.send(ToScheduler::Message(Box::new(msg))).is_err() {
             break;
         }
     }
@@ -383,7 +383,6 @@ async fn schedule(
     ctx: &SourceContext,
     offsets: &Arc<Offsets>,
     mut from_consumer: mpsc::UnboundedReceiver<ToScheduler>,
-    ordering: Ordering,
 ) -> Result<(), SourceError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Lane>();
     // A lane present here is busy; its queue holds the messages waiting behind the running one.
@@ -421,6 +420,7 @@ async fn schedule(
                     });
                 }
                 Some(ToScheduler::Message(m)) => {
+                    let m = *m;
                     if let Some(lane) = &m.lane {
                         if let Some(queue) = lanes.get_mut(lane) {
                             queue.push_back(m);
@@ -436,7 +436,6 @@ async fn schedule(
             },
         }
     }
-    let _ = ordering;
     // Waiting messages are dropped (uncommitted, redelivered later); handed-on ones are awaited.
     lanes.clear();
     acks.close();
