@@ -43,7 +43,8 @@ async fn two_serve_processes_share_10k_messages_across_kill_9_and_restart() {
     let source = format!(
         "sources:\n  - type: kafka\n    name: k\n    bootstrap_servers: ['{}']\n    topics: [{topic}]\n    \
          group: {}\n    start_offset: earliest\n    commit_interval: 100ms\n    max_in_flight: {MAX_IN_FLIGHT}\n    \
-         properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}\n",
+         drain_timeout: 5s\n    \
+         properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500', max.poll.interval.ms: '10000', fetch.wait.max.ms: '5'}}\n",
         t.bootstrap,
         unique("g")
     );
@@ -76,7 +77,7 @@ async fn two_serve_processes_share_10k_messages_across_kill_9_and_restart() {
 #[tokio::test]
 async fn poison_message_is_dead_lettered_while_its_partition_moves_on() {
     let Some(t) = Tansu::start() else { return };
-    let topic = unique("sypoison");
+    let topic = unique("syp");
     create_topic(&t.bootstrap, &topic, 1).await;
     let p = producer(&t.bootstrap);
     produce(&p, &topic, None, Some(b"k"), &[], Some(b"{\"m\": \"before\"}")).await;
@@ -101,7 +102,7 @@ async fn poison_message_is_dead_lettered_while_its_partition_moves_on() {
     let by_data = |needle: &str| {
         records.iter().find(|r| r.request.body.contains(needle)).unwrap_or_else(|| panic!("no record for {needle}"))
     };
-    let poison = by_data("poison");
+    let poison = by_data("\"poison\"");
     assert_eq!((poison.status, poison.dead_lettered, poison.attempts), (Status::Failure, true, 3));
     let undecodable = records.iter().find(|r| r.error_kind == Some(ErrorKind::Decode)).expect("decode record");
     assert_eq!((undecodable.status, undecodable.dead_lettered), (Status::Failure, true));

@@ -260,7 +260,11 @@ impl Serve {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "-c", cfg.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(if std::env::var_os("SWITCHYARD_TEST_SERVE_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();
