@@ -227,6 +227,7 @@ fn messaging_system(source: &switchyard_schemas::sources::SourceConfig) -> &'sta
         SourceConfig::Nats(_) => "nats",
         SourceConfig::Amqp(_) => "rabbitmq",
         SourceConfig::Cron(_) => "cron",
+        SourceConfig::Kafka(_) => "kafka",
     }
 }
 

@@ -320,20 +320,26 @@ impl Dispatcher {
                 let event = Arc::new(delivery.event);
                 let received_at = Utc::now();
                 let skip = delivery.skip.clone();
+                let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
                 let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
                     let skip = skip.clone();
+                    let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
                     async move {
-                        let skip = match skip {
-                            Some(reason) => Some(reason),
-                            None => this.duplicate_of(&trigger, &event).await,
+                        let skip = match (&undecodable, skip) {
+                            (_, Some(reason)) => Some(reason),
+                            (None, None) => this.duplicate_of(&trigger, &event).await,
+                            (Some(_), None) => None,
                         };
-                        let r = match skip {
-                            Some(reason) => this.skip(&function, &trigger.name, event, received_at, reason).await,
-                            None => this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await,
+                        let r = match (undecodable, skip) {
+                            (Some(error), _) => this.not_invoked(&function, &trigger, event, received_at, error, true).await,
+                            (None, Some(reason)) => {
+                                this.not_invoked(&function, &trigger, event, received_at, reason, false).await
+                            }
+                            (None, None) => this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await,
                         };
                         drop(permit);
                         r
@@ -635,20 +641,33 @@ impl Dispatcher {
         }
     }
 
-    /// A deliberately skipped invocation: one SKIPPED record, durable before returning.
-    async fn skip(
+    /// An invocation that does not run, with one terminal record durable before returning: SKIPPED
+    /// (deliberately skipped), or, for a message that could not be decoded, FAILURE dead-lettered
+    /// with error kind `decode`.
+    async fn not_invoked(
         &self,
         function: &FunctionEntry,
-        trigger: &str,
+        trigger: &TriggerConfig,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
         reason: String,
+        undecodable: bool,
     ) -> Result<InvokeResult, DispatchError> {
-        let mut record = self.new_record(function, trigger, &event, received_at);
-        record.status = Status::Skipped;
+        let mut record = self.new_record(function, &trigger.name, &event, received_at);
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
         record.error_message = Some(reason.clone());
+        if undecodable {
+            record.status = Status::Failure;
+            record.error_kind = Some(ErrorKind::Decode);
+            record.dead_lettered = true;
+            self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Some(sink) = &trigger.dead_letter {
+                self.send_dead_letter(sink, &event, &mut record).await;
+            }
+        } else {
+            record.status = Status::Skipped;
+        }
         self.observe(&record);
         self.inner.writer.write(record.clone()).await?;
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })

@@ -1197,7 +1197,7 @@ triggers:
         assert_eq!(parse("server: {bind: nowhere}").unwrap_err().field(), Some("server.bind"));
         assert_eq!(parse("server: {tokens: [short]}").unwrap_err().field(), Some("server.tokens[0]"));
         assert_eq!(parse("store: mysql://x").unwrap_err().field(), Some("store"));
-        assert!(parse("sources:\n  - type: kafka\n").unwrap_err().to_string().contains("kafka"));
+        assert!(parse("sources:\n  - {type: kafka, name: k}\n").unwrap_err().to_string().contains("topics"));
     }
 
     #[test]

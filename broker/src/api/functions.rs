@@ -184,6 +184,7 @@ async fn invoke(state: &AppState, name: &str, event: CloudEvent) -> Result<Respo
                 ErrorKind::BadResponse | ErrorKind::Status => (StatusCode::BAD_GATEWAY, "function_bad_response"),
                 ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 ErrorKind::Cancelled => (StatusCode::CONFLICT, "cancelled"),
+                ErrorKind::Decode => (StatusCode::BAD_REQUEST, "undecodable_event"),
             };
             let mut resp = ApiError::new(status, code, e.message)
                 .with(json!({"record_id": record.id, "logs": record.logs}))

@@ -1,4 +1,4 @@
-//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, ...)
+//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, `type: kafka`, ...)
 //! with one variant per connector. Adding a connector = a config module here, a variant, and a
 //! match arm in `switchyard_connectors::build`.
 
@@ -9,9 +9,11 @@ use crate::config::FieldError;
 
 pub mod amqp;
 pub mod cron;
+pub mod kafka;
 pub mod nats;
 pub use amqp::AmqpSourceConfig;
 pub use cron::CronSourceConfig;
+pub use kafka::KafkaSourceConfig;
 pub use nats::NatsSourceConfig;
 
 /// A message source.
@@ -22,6 +24,8 @@ pub enum SourceConfig {
     Amqp(AmqpSourceConfig),
     /// Cron: a tick event at every scheduled instant of a cron expression in an IANA timezone.
     Cron(CronSourceConfig),
+    /// Kafka: a consumer group member with at-least-once delivery and per-key ordering.
+    Kafka(KafkaSourceConfig),
     /// NATS: core subscriptions (at-most-once) or a JetStream durable consumer (at-least-once).
     Nats(NatsSourceConfig),
 }
@@ -32,6 +36,7 @@ impl SourceConfig {
         match self {
             Self::Amqp(c) => &c.name,
             Self::Cron(c) => &c.name,
+            Self::Kafka(c) => &c.name,
             Self::Nats(c) => &c.name,
         }
     }
@@ -44,6 +49,7 @@ impl SourceConfig {
         match self {
             Self::Amqp(c) => c.validate(at),
             Self::Cron(c) => c.validate(at),
+            Self::Kafka(c) => c.validate(at),
             Self::Nats(c) => c.validate(at),
         }
     }
