@@ -114,3 +114,37 @@ async fn poison_message_is_dead_lettered_while_its_partition_moves_on() {
     let order: HashMap<_, _> = records.iter().map(|r| (r.event_subject.clone(), r.status)).collect();
     assert_eq!(order.len(), 8);
 }
+
+#[tokio::test]
+async fn dead_letters_are_produced_to_a_kafka_topic() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let Some(t) = Tansu::start() else { return };
+    let dlq = unique("sydlq");
+    create_topic(&t.bootstrap, &dlq, 1).await;
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: f, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: f, delivery: {{retries: 0}}, dead_letter: {{type: kafka, brokers: ['{}'], topic: {dlq}}}}}\n",
+        fs.url("/bad"),
+        t.bootstrap
+    ))
+    .await;
+    assert_eq!(b.post_event("k-dl-1", "order.created", "{}").await.status(), 202);
+    let r = b.wait_terminal(RecordQuery::default(), 1).await;
+    assert!(r[0].dead_lettered);
+    assert!(r[0].error_message.as_deref().is_some_and(|m| !m.contains("dead-letter sink")), "{:?}", r[0].error_message);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &t.bootstrap)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
+    let e: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+    assert_eq!(
+        (e["id"].as_str(), e["dltrigger"].as_str(), e["dlerrorkind"].as_str()),
+        (Some("k-dl-1"), Some("t"), Some("status"))
+    );
+    assert_eq!(msg.key(), Some("k-dl-1".as_bytes()));
+}

@@ -59,6 +59,7 @@ pub fn dead_letter_event(event: &CloudEvent, why: &DeadLetterInfo<'_>) -> CloudE
 }
 
 enum Conn {
+    Kafka(rdkafka::producer::FutureProducer),
     Nats(async_nats::Client),
     Amqp(#[allow(dead_code)] Connection, Channel),
 }
@@ -141,6 +142,36 @@ impl DeadLetterPublisher {
                     .map_err(|e| e.to_string())?;
                 client.flush().await.map_err(|e| e.to_string())
             }
+            DeadLetterSink::Kafka { brokers, topic, properties } => {
+                let producer = {
+                    let mut conns = self.conns.lock().await;
+                    if let Entry::Vacant(slot) = conns.entry(key(sink)) {
+                        let mut cfg = rdkafka::ClientConfig::new();
+                        cfg.set("bootstrap.servers", brokers.join(","))
+                            .set("acks", "all")
+                            .set("message.timeout.ms", "5000");
+                        for (k, v) in properties {
+                            cfg.set(k, v);
+                        }
+                        let p: rdkafka::producer::FutureProducer = cfg.create().map_err(|e| e.to_string())?;
+                        slot.insert(Conn::Kafka(p));
+                    }
+                    match conns.get(&key(sink)) {
+                        Some(Conn::Kafka(p)) => p.clone(),
+                        _ => return Err("connection kind mismatch".into()),
+                    }
+                };
+                let record_key = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("partitionkey").or_else(|| v.get("id")).and_then(|k| k.as_str().map(str::to_owned))
+                    })
+                    .unwrap_or_default();
+                let headers = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "content-type", value: Some(CONTENT_TYPE) });
+                let record = rdkafka::producer::FutureRecord::to(topic).payload(body).key(&record_key).headers(headers);
+                producer.send(record, ATTEMPT_TIMEOUT).await.map(drop).map_err(|(e, _)| e.to_string())
+            }
             DeadLetterSink::Amqp { url, exchange, routing_key } => {
                 let mut conns = self.conns.lock().await;
                 if let Entry::Vacant(slot) = conns.entry(key(sink)) {
@@ -184,6 +215,7 @@ fn key(sink: &DeadLetterSink) -> String {
         DeadLetterSink::Http { url } => format!("http {url}"),
         DeadLetterSink::Nats { url, .. } => format!("nats {url}"),
         DeadLetterSink::Amqp { url, exchange, routing_key } => format!("amqp {url} {exchange} {routing_key}"),
+        DeadLetterSink::Kafka { brokers, properties, .. } => format!("kafka {} {properties:?}", brokers.join(",")),
     }
 }
 
@@ -194,5 +226,6 @@ fn describe(sink: &DeadLetterSink) -> String {
         DeadLetterSink::Amqp { exchange, routing_key, .. } => {
             format!("amqp exchange {exchange:?} key {routing_key:?}")
         }
+        DeadLetterSink::Kafka { topic, .. } => format!("kafka topic {topic:?}"),
     }
 }

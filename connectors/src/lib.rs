@@ -6,8 +6,8 @@
 pub mod amqp;
 pub mod cron;
 pub mod dead_letter;
-pub mod lag;
 pub mod kafka;
+pub mod lag;
 mod memory_state;
 pub mod nats;
 

@@ -335,11 +335,15 @@ impl Dispatcher {
                             (Some(_), None) => None,
                         };
                         let r = match (undecodable, skip) {
-                            (Some(error), _) => this.not_invoked(&function, &trigger, event, received_at, error, true).await,
+                            (Some(error), _) => {
+                                this.not_invoked(&function, &trigger, event, received_at, error, true).await
+                            }
                             (None, Some(reason)) => {
                                 this.not_invoked(&function, &trigger, event, received_at, reason, false).await
                             }
-                            (None, None) => this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await,
+                            (None, None) => {
+                                this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await
+                            }
                         };
                         drop(permit);
                         r

@@ -461,6 +461,17 @@ pub enum DeadLetterSink {
         #[serde(default)]
         routing_key: String,
     },
+    /// Produce to a Kafka topic (`acks=all`; the record key is the event's `partitionkey` extension,
+    /// else its id).
+    Kafka {
+        /// Bootstrap servers, `host:port`.
+        brokers: Vec<String>,
+        /// The topic (it must exist).
+        topic: String,
+        /// Extra librdkafka producer properties (TLS, SASL, ...).
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
 }
 
 fn default_nats_url() -> String {
@@ -495,6 +506,15 @@ impl DeadLetterSink {
                 Ok(())
             }
             Self::Amqp { url, .. } => url_with(url, &["amqp", "amqps"]),
+            Self::Kafka { brokers, topic, .. } => {
+                if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+                    return Err(FieldError::new(format!("{at}.brokers"), "one or more host:port"));
+                }
+                if topic.is_empty() {
+                    return Err(FieldError::new(format!("{at}.topic"), "must not be empty"));
+                }
+                Ok(())
+            }
         }
     }
 }
