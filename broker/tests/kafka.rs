@@ -148,3 +148,24 @@ async fn dead_letters_are_produced_to_a_kafka_topic() {
     );
     assert_eq!(msg.key(), Some("k-dl-1".as_bytes()));
 }
+
+#[tokio::test]
+async fn consumer_group_lag_is_read_per_partition() {
+    let Some(t) = Tansu::start() else { return };
+    let topic = unique("sylag");
+    create_topic(&t.bootstrap, &topic, 2).await;
+    let p = producer(&t.bootstrap);
+    for i in 0..5 {
+        produce(&p, &topic, Some(i % 2), None, &[], Some(b"{}")).await;
+    }
+    let yaml = format!(
+        "sources:\n  - {{type: kafka, name: k, bootstrap_servers: ['{}'], topics: [{topic}], group: {}}}\n",
+        t.bootstrap,
+        unique("g")
+    );
+    let config = switchyard_schemas::Config::from_yaml_str(&yaml, "lag.yaml", |_| None).unwrap();
+    let mut probe = switchyard_connectors::lag::LagProbe::for_source(&config.sources[0]).unwrap();
+    let mut lag = probe.read().await.unwrap();
+    lag.sort();
+    assert_eq!(lag, vec![(format!("{topic}/0"), 3), (format!("{topic}/1"), 2)], "nothing committed yet: all waiting");
+}
