@@ -51,11 +51,11 @@ async fn two_serve_processes_share_10k_messages_across_kill_9_and_restart() {
     let yaml_a = process_yaml(&store_url, &source, &fs1.url("/ok"));
     let a = Serve::start(dir.path(), "a", &yaml_a);
     let b = Serve::start(dir.path(), "b", &process_yaml(&store_url, &source, &fs2.url("/ok")));
-    wait_successes(&store, Some("ok"), 2_000, 60).await;
+    wait_successes(&store, Some("ok"), 2_000, 180).await;
     a.signal("-KILL");
     a.wait().await;
     let a = Serve::start(dir.path(), "a", &yaml_a);
-    let s = wait_successes(&store, Some("ok"), 10_000, 120).await;
+    let s = wait_successes(&store, Some("ok"), 10_000, 400).await;
     a.signal("-TERM");
     b.signal("-TERM");
     assert!(a.wait().await.success());

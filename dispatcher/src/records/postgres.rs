@@ -151,7 +151,7 @@ impl Postgres {
     }
 
     pub(crate) async fn get(&self, id: Uuid) -> Result<Option<EventRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM event_records WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM event_records WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -160,7 +160,7 @@ impl Postgres {
     }
 
     pub(crate) async fn list(&self, query: &RecordQuery) -> Result<Vec<EventRecord>, StoreError> {
-        let mut qb: QueryBuilder<'_, sqlx::Postgres> = QueryBuilder::new("SELECT * FROM event_records WHERE TRUE");
+        let mut qb: QueryBuilder<'_, sqlx::Postgres> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE TRUE"));
         for (clause, arg) in query.clauses() {
             qb.push(clause);
             match arg {

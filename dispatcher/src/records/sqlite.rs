@@ -127,7 +127,7 @@ impl Sqlite {
     }
 
     pub(crate) async fn get(&self, id: Uuid) -> Result<Option<EventRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM event_records WHERE id = ?")
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM event_records WHERE id = ?"))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -136,7 +136,7 @@ impl Sqlite {
     }
 
     pub(crate) async fn list(&self, query: &RecordQuery) -> Result<Vec<EventRecord>, StoreError> {
-        let mut qb: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new("SELECT * FROM event_records WHERE 1 = 1");
+        let mut qb: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE 1 = 1"));
         for (clause, arg) in query.clauses() {
             qb.push(clause);
             match arg {

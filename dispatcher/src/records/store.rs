@@ -127,7 +127,9 @@ impl RecordQuery {
     }
 }
 
-/// The columns every store writes, in insert order.
+/// The columns every store writes, in insert order, and reads: named, never `SELECT *`, because SQLite
+/// re-prepares a cached `SELECT *` with more columns after another process adds one, and sqlx keeps the
+/// old column list (a panic in the connection worker).
 pub(crate) const COLUMNS: &str = "id, event_id, event_source, event_type, event_subject, trigger_name,
     function_name, status, attempts, received_at, started_at, finished_at, duration_ms, request,
     request_base64, request_size, request_truncated, response_status, response, response_base64,
