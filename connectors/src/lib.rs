@@ -8,6 +8,7 @@ pub mod cron;
 pub mod dead_letter;
 mod memory_state;
 pub mod nats;
+pub mod s3;
 
 use std::fmt;
 use std::sync::Arc;
@@ -166,6 +167,7 @@ pub fn build(config: &switchyard_schemas::config::SourceConfig) -> Box<dyn Sourc
         SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
         SourceConfig::Cron(c) => Box::new(cron::CronSource::new(c.clone())),
         SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
+        SourceConfig::S3(c) => Box::new(s3::S3Source::new(c.clone())),
     }
 }
 

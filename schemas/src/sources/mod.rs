@@ -1,4 +1,4 @@
-//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, ...)
+//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, `type: s3`, ...)
 //! with one variant per connector. Adding a connector = a config module here, a variant, and a
 //! match arm in `switchyard_connectors::build`.
 
@@ -10,9 +10,11 @@ use crate::config::FieldError;
 pub mod amqp;
 pub mod cron;
 pub mod nats;
+pub mod s3;
 pub use amqp::AmqpSourceConfig;
 pub use cron::CronSourceConfig;
 pub use nats::NatsSourceConfig;
+pub use s3::S3SourceConfig;
 
 /// A message source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -24,6 +26,8 @@ pub enum SourceConfig {
     Cron(CronSourceConfig),
     /// NATS: core subscriptions (at-most-once) or a JetStream durable consumer (at-least-once).
     Nats(NatsSourceConfig),
+    /// S3 object notifications from an SQS queue, SNS HTTP deliveries or webhook posts.
+    S3(S3SourceConfig),
 }
 
 impl SourceConfig {
@@ -33,6 +37,7 @@ impl SourceConfig {
             Self::Amqp(c) => &c.name,
             Self::Cron(c) => &c.name,
             Self::Nats(c) => &c.name,
+            Self::S3(c) => &c.name,
         }
     }
 
@@ -45,6 +50,7 @@ impl SourceConfig {
             Self::Amqp(c) => c.validate(at),
             Self::Cron(c) => c.validate(at),
             Self::Nats(c) => c.validate(at),
+            Self::S3(c) => c.validate(at),
         }
     }
 }
