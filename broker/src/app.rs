@@ -1,14 +1,17 @@
 //! Wiring: configuration -> records store -> dispatcher -> HTTP API; graceful shutdown that stops
 //! the ingress, drains in-flight invocations within the grace period and flushes records.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_connectors::{SourceContext, SourceState};
+use switchyard_connectors::s3::{S3HttpHandle, S3Source};
+use switchyard_connectors::{Source, SourceContext, SourceState};
 use switchyard_dispatcher::records::RecordStore;
 use switchyard_dispatcher::Dispatcher;
+use switchyard_schemas::config::SourceConfig;
 use switchyard_schemas::Config;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -94,6 +97,7 @@ pub async fn start(
         tokens: Arc::new(config.server.tokens.clone()),
         max_body_bytes: config.server.max_body_bytes,
         cron: sources.cron.clone(),
+        s3: Arc::clone(&sources.s3),
     };
     let grace = config.server.shutdown_grace;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -174,6 +178,8 @@ struct Sources {
     tracker: TaskTracker,
     /// Handles on the cron sources, for the API.
     cron: crate::cron_ops::CronSources,
+    /// The HTTP endpoints of `s3` sources with an `sns` or `webhook` input, by source name.
+    s3: Arc<BTreeMap<String, S3HttpHandle>>,
 }
 
 /// Deliveries a source may have queued for the dispatcher before it has to wait.
@@ -184,9 +190,19 @@ impl Sources {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut cron = crate::cron_ops::CronSourcesBuilder::default();
+        let mut s3 = BTreeMap::new();
         for sc in &config.sources {
             let name = sc.name().to_owned();
-            let source = cron.build(sc);
+            let source: Box<dyn Source> = match sc {
+                SourceConfig::S3(c) => {
+                    let source = S3Source::new(c.clone());
+                    if let Some(handle) = source.http_handle() {
+                        s3.insert(name.clone(), handle);
+                    }
+                    Box::new(source)
+                }
+                _ => cron.build(sc),
+            };
             let (tx, mut rx) = mpsc::channel(SOURCE_CHANNEL);
             let ctx = SourceContext {
                 deliveries: tx,
@@ -218,7 +234,7 @@ impl Sources {
             );
         }
         tracker.close();
-        Self { shutdown, tracker, cron: cron.finish() }
+        Self { shutdown, tracker, cron: cron.finish(), s3: Arc::new(s3) }
     }
 
     /// Stops the sources: they stop taking messages, wait for in-flight acks and commit. Returns

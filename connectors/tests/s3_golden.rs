@@ -35,9 +35,10 @@ fn samples_map_to_golden_events() {
             std::fs::write(&golden, serde_json::to_string_pretty(&events).unwrap() + "\n").unwrap();
             continue;
         }
-        let want: serde_json::Value = serde_json::from_slice(&std::fs::read(&golden).unwrap_or_else(|e| {
-            panic!("{}: {e} (run with UPDATE_GOLDEN=1 and review)", golden.display())
-        }))
+        let want: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&golden)
+                .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 and review)", golden.display())),
+        )
         .unwrap();
         assert_eq!(events, want, "{name} differs from {}", golden.display());
     }

@@ -5,6 +5,7 @@ mod cron;
 mod events;
 mod functions;
 mod replay;
+mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The running cron sources (list, pause, resume, fire now).
     pub cron: crate::cron_ops::CronSources,
+    /// The HTTP endpoints of `s3` sources (`sns`, `webhook`) by source name.
+    pub s3: Arc<std::collections::BTreeMap<String, switchyard_connectors::s3::S3HttpHandle>>,
 }
 
 /// An API failure: status, a stable machine-readable code, and a message for people.
@@ -127,6 +130,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        // Authenticated by the source itself (webhook token, SNS signature), not server.tokens.
+        .route("/ingest/s3/{source}", post(s3::ingest))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

@@ -70,9 +70,10 @@ pub fn looks_like_notification(payload: &[u8]) -> bool {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(payload) else {
         return false;
     };
-    let records_ok = obj.get("Records").and_then(Value::as_array).is_some_and(|r| {
-        !r.is_empty() && r.iter().all(|r| r.get("s3").is_some() && r.get("eventName").is_some())
-    });
+    let records_ok = obj
+        .get("Records")
+        .and_then(Value::as_array)
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r.get("s3").is_some() && r.get("eventName").is_some()));
     records_ok || obj.get("Event").and_then(Value::as_str) == Some("s3:TestEvent")
 }
 
@@ -131,8 +132,11 @@ pub fn to_event(record: &Value) -> Result<CloudEvent, NotificationError> {
             ),
         },
     };
-    let mut event =
-        CloudEvent::new(id, format!("{event_source}.{region}.{bucket}"), format!("{TYPE_PREFIX}{}", bare_event_name(name)));
+    let mut event = CloudEvent::new(
+        id,
+        format!("{event_source}.{region}.{bucket}"),
+        format!("{TYPE_PREFIX}{}", bare_event_name(name)),
+    );
     if !key.is_empty() {
         event.subject = Some(key);
     }

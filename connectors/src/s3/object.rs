@@ -111,7 +111,13 @@ impl Enricher {
     }
 
     /// The object's content, base64, or `None` when it turned out larger than `max`.
-    async fn content(&self, bucket: &str, key: &str, version: Option<String>, max: u64) -> Result<Option<String>, String> {
+    async fn content(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<String>,
+        max: u64,
+    ) -> Result<Option<String>, String> {
         let resp = self
             .client
             .get_object()

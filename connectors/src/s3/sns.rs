@@ -178,7 +178,8 @@ impl Verifier {
     /// [`SnsError::Signature`] for a bad signature or URL, [`SnsError::Certificate`] when the
     /// certificate cannot be fetched.
     pub async fn verify(&self, msg: &SnsMessage) -> Result<(), SnsError> {
-        let cert_url = msg.signing_cert_url.as_deref().ok_or_else(|| SnsError::Signature("no SigningCertURL".into()))?;
+        let cert_url =
+            msg.signing_cert_url.as_deref().ok_or_else(|| SnsError::Signature("no SigningCertURL".into()))?;
         let url = check_sns_url(cert_url)?;
         if !url.path().ends_with(".pem") {
             return Err(SnsError::Signature(format!("{cert_url:?} is not a .pem URL")));

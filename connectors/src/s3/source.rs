@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::aws;
 use super::binding::{self, Notification};
 use super::object::Enricher;
 use super::sns::{self, SnsError, SnsMessage};
-use super::aws;
 use crate::{Delivery, Outcome, Source, SourceContext, SourceError};
 
 /// Longest wait between retries of a failing ReceiveMessage.
@@ -123,7 +123,8 @@ impl Source for S3Source {
         } else {
             return Ok(());
         };
-        let shared = Arc::new(Shared { enricher: self.enricher(None).await, config: self.config.clone(), ctx: ctx.clone() });
+        let shared =
+            Arc::new(Shared { enricher: self.enricher(None).await, config: self.config.clone(), ctx: ctx.clone() });
         tracing::info!(path = %format!("/ingest/s3/{}", self.config.name), "accepting S3 notifications over HTTP");
         run_http(rx, Arc::new(input), shared).await;
         Ok(())
@@ -227,10 +228,7 @@ fn reply_for(summary: Summary) -> HttpReply {
     if summary.abandoned {
         return HttpReply::error(503, "shutting_down", "shutting down before the events completed; send again");
     }
-    HttpReply::new(
-        200,
-        json!({"events": summary.events, "invocations": summary.invocations, "failed": summary.failed}),
-    )
+    HttpReply::new(200, json!({"events": summary.events, "invocations": summary.invocations, "failed": summary.failed}))
 }
 
 async fn notification_reply(shared: &Shared, body: &[u8]) -> HttpReply {
@@ -329,7 +327,11 @@ impl S3Source {
                 "no redrive policy on the queue: a message whose invocations fail for good is deleted once its FAILURE record (dead-lettered) is written"
             );
         }
-        let shared = Arc::new(Shared { enricher: self.enricher(Some(&sdk)).await, config: self.config.clone(), ctx: ctx.clone() });
+        let shared = Arc::new(Shared {
+            enricher: self.enricher(Some(&sdk)).await,
+            config: self.config.clone(),
+            ctx: ctx.clone(),
+        });
         let (delete_tx, delete_rx) = mpsc::channel::<String>(1024);
         let deleter = tokio::spawn(
             deleter(sqs.clone(), q.queue_url.clone(), delete_rx).instrument(tracing::debug_span!("sqs_delete")),
@@ -411,7 +413,12 @@ impl S3Source {
     /// Whether the queue has a redrive policy; when it cannot be read, assume it has (so failures
     /// are never deleted on a guess).
     async fn detect_redrive(&self, sqs: &aws_sdk_sqs::Client, queue_url: &str) -> bool {
-        let attrs = sqs.get_queue_attributes().queue_url(queue_url).attribute_names(QueueAttributeName::RedrivePolicy).send().await;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await;
         match attrs {
             Ok(a) => a.attributes().is_some_and(|m| m.contains_key(&QueueAttributeName::RedrivePolicy)),
             Err(e) => {
@@ -510,7 +517,9 @@ async fn deleter(sqs: aws_sdk_sqs::Client, queue_url: String, mut rx: mpsc::Rece
         let entries: Vec<_> = batch
             .into_iter()
             .enumerate()
-            .filter_map(|(i, r)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok())
+            .filter_map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
+            })
             .collect();
         match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await {
             Ok(out) => {

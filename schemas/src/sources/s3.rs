@@ -289,12 +289,10 @@ mod tests {
     fn inputs_and_defaults() {
         let c = parse("name: up\nsqs: {queue_url: 'http://127.0.0.1:5000/123456789012/q'}\n").unwrap();
         let q = c.sqs.as_ref().unwrap();
-        assert_eq!((q.wait_time, q.visibility_timeout, q.max_messages, q.redrive), (
-            Duration::from_secs(20),
-            Duration::from_secs(60),
-            10,
-            None
-        ));
+        assert_eq!(
+            (q.wait_time, q.visibility_timeout, q.max_messages, q.redrive),
+            (Duration::from_secs(20), Duration::from_secs(60), 10, None)
+        );
         assert!(!c.is_http());
         let c = parse("name: up\nsns: {}\nfilter: {events: ['s3:ObjectCreated:*']}\n").unwrap();
         assert!(c.sns.as_ref().unwrap().verify_signatures && c.is_http());
