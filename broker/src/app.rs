@@ -220,13 +220,27 @@ impl Sources {
                 .instrument(tracing::info_span!("source", source = %name)),
             );
             let d = dispatcher.clone();
+            let expand_s3 = sc.expands_s3_notifications();
+            let parts_tracker = tracker.clone();
             tracker.spawn(
                 async move {
                     // Waits for room in the functions' queues: backpressure reaches the source through
                     // this bounded channel. A delivery refused at shutdown is dropped unacked.
                     while let Some(delivery) = rx.recv().await {
-                        if let Err(e) = d.dispatch(delivery).await {
-                            tracing::debug!(error = %e, "delivery not dispatched");
+                        let deliveries = match expand_s3 {
+                            true => match switchyard_connectors::s3::fanout::split(delivery) {
+                                Ok((parts, done)) => {
+                                    parts_tracker.spawn(done.in_current_span());
+                                    parts
+                                }
+                                Err(delivery) => vec![delivery],
+                            },
+                            false => vec![delivery],
+                        };
+                        for delivery in deliveries {
+                            if let Err(e) = d.dispatch(delivery).await {
+                                tracing::debug!(error = %e, "delivery not dispatched");
+                            }
                         }
                     }
                 }

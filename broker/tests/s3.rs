@@ -427,3 +427,64 @@ async fn sqs_serve_killed_mid_run_loses_nothing() {
     second.signal("-TERM");
     assert!(second.wait().await.success());
 }
+
+#[tokio::test]
+async fn nats_messages_with_s3_json_become_s3_events_when_the_source_asks() {
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .unwrap_or_else(|e| panic!("NATS must run on 127.0.0.1:4222 (scripts/test.sh starts it): {e}"));
+    let js = async_nats::jetstream::new(client);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (stream, subject) = (format!("S3N{id}"), format!("s3n.{id}"));
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{subject}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fs = function_server().await;
+    let yaml = format!(
+        "{}sources:\n  - type: nats\n    name: n\n    s3_notifications: true\n    jetstream: {{stream: {stream}}}\n",
+        function_yaml(&fs.url("/ok"))
+    );
+    let b = broker(&yaml).await;
+    for (i, body) in [
+        sample("minio-put.json"),
+        sample("aws-delete.json"),
+        sample("aws-test-event.json"),
+        br#"{"order": 1}"#.to_vec(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        js.publish(format!("{subject}.{i}"), body.into()).await.unwrap().await.unwrap();
+    }
+    let records = terminal(&b, 4).await;
+    let mut types: Vec<_> = records.iter().map(|r| r.event_type.as_str()).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "com.amazonaws.s3.ObjectCreated:Put",
+            "com.amazonaws.s3.ObjectRemoved:Delete",
+            "com.amazonaws.s3.ObjectRemoved:DeleteMarkerCreated",
+            "dev.switchyard.nats.message"
+        ],
+        "one event per record, the TestEvent dropped, other messages as usual"
+    );
+    assert!(records.iter().any(|r| r.event_subject.as_deref() == Some("2024/q1/raw data.csv")));
+    let mut c: async_nats::jetstream::consumer::PullConsumer = js.get_consumer_from_stream("n", &stream).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.info().await.unwrap();
+        if (info.num_pending, info.num_ack_pending) == (0, 0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "carriers not acked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.running.shutdown().await;
+    js.delete_stream(&stream).await.unwrap();
+}

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod binding;
+pub mod fanout;
 pub mod object;
 pub mod sns;
 mod source;

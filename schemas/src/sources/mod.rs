@@ -41,6 +41,16 @@ impl SourceConfig {
         }
     }
 
+    /// Whether plain messages holding S3 notification JSON become S3 events (`s3_notifications` of
+    /// the `nats` and `amqp` sources).
+    pub const fn expands_s3_notifications(&self) -> bool {
+        match self {
+            Self::Amqp(c) => c.s3_notifications,
+            Self::Nats(c) => c.s3_notifications,
+            Self::Cron(_) | Self::S3(_) => false,
+        }
+    }
+
     /// Checks the source's own fields. `at` is the field path, e.g. `sources[0]`.
     ///
     /// # Errors
