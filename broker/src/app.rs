@@ -233,7 +233,7 @@ impl Sources {
                                     parts_tracker.spawn(done.in_current_span());
                                     parts
                                 }
-                                Err(delivery) => vec![delivery],
+                                Err(delivery) => vec![*delivery],
                             },
                             false => vec![delivery],
                         };

@@ -9,16 +9,16 @@ use crate::{Delivery, Outcome};
 
 /// Splits `delivery` when its event holds S3 notification JSON: the deliveries to dispatch (none for
 /// `s3:TestEvent`), and a future that resolves the original ack with the combined outcome once theirs
-/// resolved; spawn it. `Err(delivery)`, unchanged, when it is not a notification.
+/// resolved; spawn it. `Err(delivery)`, unchanged (boxed), when it is not a notification.
 ///
 /// The combined outcome is `Abandoned` if any part was (the carrier is then redelivered, and the parts
 /// that did complete run again), else `Completed` with the sums, else `Unmatched`.
 ///
 /// # Errors
 /// The delivery itself, when there is nothing to split.
-pub fn split(delivery: Delivery) -> Result<(Vec<Delivery>, impl Future<Output = ()> + Send + 'static), Delivery> {
+pub fn split(delivery: Delivery) -> Result<(Vec<Delivery>, impl Future<Output = ()> + Send + 'static), Box<Delivery>> {
     let Some(events) = binding::expand(&delivery.event) else {
-        return Err(delivery);
+        return Err(Box::new(delivery));
     };
     let Delivery { mut ack, skip, cancel, .. } = delivery;
     let mut parts = Vec::with_capacity(events.len());
