@@ -488,3 +488,58 @@ async fn nats_messages_with_s3_json_become_s3_events_when_the_source_asks() {
     b.running.shutdown().await;
     js.delete_stream(&stream).await.unwrap();
 }
+
+#[tokio::test]
+async fn sqs_visibility_is_extended_while_a_slow_function_runs() {
+    let Some(m) = moto().await else { return };
+    let fs = function_server().await;
+    let (bucket, queue) = m.bucket_to_queue(&[]).await;
+    // The function takes 2.5x the visibility timeout: without extensions the message would be
+    // received again while it runs.
+    let yaml = format!(
+        "{}sources:\n  - type: s3\n    name: up\n    sqs: {{queue_url: '{queue}', wait_time: 1s, visibility_timeout: 2s}}\n    {}\n",
+        function_yaml(&fs.url("/slow/5000")),
+        m.aws_yaml()
+    );
+    let b = broker(&yaml).await;
+    m.put(&bucket, "slow.txt", b"x").await;
+    let records = terminal(&b, 1).await;
+    assert_eq!(records[0].status, Status::Success);
+    m.wait_empty(&queue).await;
+    assert_eq!(fs.calls(&records[0].event_id), 1, "received once, invoked once");
+    assert_eq!(terminal(&b, 1).await.len(), 1);
+    b.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn sns_subscription_confirmation_fetches_the_subscribe_url() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/confirm",
+        axum::routing::get({
+            let hits = Arc::clone(&hits);
+            move || async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                "<ConfirmSubscriptionResponse/>"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let fs = function_server().await;
+    let yaml = format!(
+        "{}sources:\n  - type: s3\n    name: sns\n    sns: {{verify_signatures: false}}\n",
+        function_yaml(&fs.url("/ok"))
+    );
+    let b = broker(&yaml).await;
+    let mut msg: serde_json::Value = serde_json::from_slice(&sample("sns/subscription-confirmation-v1.json")).unwrap();
+    msg["SubscribeURL"] = format!("http://{addr}/confirm").into();
+    let resp = b.http.post(b.url("/ingest/s3/sns")).json(&msg).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["confirmed"], true);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    b.running.shutdown().await;
+}
