@@ -101,5 +101,20 @@ if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is not on PATH: install the Rust toolchain (rustup) first"; exit 1
 fi
 
+# Kafka tests run against tansu (an Apache Kafka compatible broker in Rust), started per test on a
+# free port from an empty directory. Built once (about 10 minutes) into a stable location and reused.
+TOOLS="${SWITCHYARD_TOOLS:-/opt/switchyard-tools}"
+if ! mkdir -p "$TOOLS" 2>/dev/null || [ ! -w "$TOOLS" ]; then
+  TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-tools"
+fi
+export SWITCHYARD_TANSU="${SWITCHYARD_TANSU:-$TOOLS/tansu/bin/tansu}"
+ensure_tansu() {
+  [ -x "$SWITCHYARD_TANSU" ] && return 0
+  log "installing tansu 0.6.0 into $TOOLS/tansu (once; about 10 minutes)"
+  cargo install tansu --version 0.6.0 --locked --no-default-features --features dynostore --root "$TOOLS/tansu"
+  [ -x "$SWITCHYARD_TANSU" ] || { log "tansu install did not produce $SWITCHYARD_TANSU"; return 1; }
+}
+ensure_tansu
+
 log "running tests (unit, integration, CloudEvents conformance, bench smoke runs)"
 cargo test --workspace --all-targets --locked "$@"

@@ -9,46 +9,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{noop_server, Run};
+use support::{drive, noop_server, Run};
 use switchyard_broker::app;
 use switchyard_dispatcher::records::RecordQuery;
 use switchyard_schemas::{Config, Status};
-
-/// Sends `n` requests with `concurrency` workers; `make` builds request i.
-async fn drive(
-    n: usize,
-    concurrency: usize,
-    make: Arc<dyn Fn(usize) -> reqwest::RequestBuilder + Send + Sync>,
-    expect: u16,
-) -> (Duration, Vec<Duration>) {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let next = Arc::clone(&next);
-            let make = Arc::clone(&make);
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        return lat;
-                    }
-                    let t = Instant::now();
-                    let resp = make(i).send().await.expect("request");
-                    assert_eq!(resp.status().as_u16(), expect, "request {i}");
-                    let _ = resp.bytes().await;
-                    lat.push(t.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(n);
-    for w in workers {
-        all.extend(w.await.unwrap());
-    }
-    (start.elapsed(), all)
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -32,7 +32,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn record(i: usize) -> EventRecord {
     let now = Utc::now();
-    let failed = i % 25 == 0;
+    let failed = i.is_multiple_of(25);
     let request = format!(
         r#"{{"specversion":"1.0","id":"evt-{i}","source":"/bench/orders","type":"order.created","datacontenttype":"application/json","data":{{"order":{i},"items":[{{"sku":"A-1","qty":2}}],"total":31.5}}}}"#
     );
@@ -139,10 +139,8 @@ async fn write_part(db: &TestDatabase, n: usize) -> (f64, f64) {
     let rows: Vec<EventRecord> = (0..n).map(record).collect();
     let started = Instant::now();
     for chunk in rows.chunks(batch) {
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY copy_records ({COLUMNS}) FROM STDIN WITH (FORMAT csv)"))
-            .await
-            .unwrap();
+        let mut copy =
+            conn.copy_in_raw(&format!("COPY copy_records ({COLUMNS}) FROM STDIN WITH (FORMAT csv)")).await.unwrap();
         copy.send(csv(chunk).into_bytes()).await.unwrap();
         copy.finish().await.unwrap();
     }
@@ -256,7 +254,12 @@ async fn main() {
     println!("| query path ({m} records) | requests | p50 ms | p99 ms | p99 ratio to SQL |");
     println!("|---|---|---|---|---|");
     let (sp99, ap99) = (percentile(&sql, 0.99), percentile(&api, 0.99));
-    println!("| same SQL, one connection (baseline) | {} | {:.2} | {:.2} | 1.00 |", sql.len(), ms(percentile(&sql, 0.5)), ms(sp99));
+    println!(
+        "| same SQL, one connection (baseline) | {} | {:.2} | {:.2} | 1.00 |",
+        sql.len(),
+        ms(percentile(&sql, 0.5)),
+        ms(sp99)
+    );
     println!(
         "| GET /api/v3/events | {} | {:.2} | {:.2} | {:.2} |",
         api.len(),

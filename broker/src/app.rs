@@ -87,7 +87,19 @@ pub async fn start(
     }
     let store = RecordStore::open(&config.store).await.map_err(|e| StartError::Other(e.to_string()))?;
     let state: Arc<dyn SourceState> = Arc::new(store.clone());
-    let dispatcher = Dispatcher::start(&config, store).await.map_err(|e| StartError::Usage(e.to_string()))?;
+    let dispatcher = Dispatcher::start(&config, store.clone()).await.map_err(|e| StartError::Usage(e.to_string()))?;
+    // Functions and triggers changed through the API (here or on another replica) override the file.
+    let mut revision = 0;
+    crate::registry::apply_since(&dispatcher, &mut revision)
+        .await
+        .map_err(|e| StartError::Other(format!("registry: {e}")))?;
+    let background = tokio_util::sync::CancellationToken::new();
+    crate::registry::spawn(dispatcher.clone(), store, revision, background.clone());
+    for sc in &config.sources {
+        if let Some(probe) = switchyard_connectors::lag::LagProbe::for_source(sc) {
+            spawn_lag(&dispatcher, sc.name(), probe, background.clone());
+        }
+    }
     let sources = Sources::start(&config, &dispatcher, &state);
     let listener =
         TcpListener::bind(bind).await.map_err(|e| StartError::Other(format!("cannot listen on {bind}: {e}")))?;
@@ -128,6 +140,7 @@ pub async fn start(
                 "shutting down: ingress closed, draining in-flight invocations"
             );
             let _ = http_stop_tx.send(());
+            background.cancel();
             let started = tokio::time::Instant::now();
             let sources_in_time = sources.stop(grace).await;
             let in_time = d.shutdown(grace.saturating_sub(started.elapsed())).await && sources_in_time;
@@ -182,6 +195,51 @@ struct Sources {
     s3: Arc<BTreeMap<String, S3HttpHandle>>,
 }
 
+/// How often source lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads a source's lag into `switchyard_source_lag_messages` until `stop`.
+fn spawn_lag(
+    dispatcher: &Dispatcher,
+    source: &str,
+    mut probe: switchyard_connectors::lag::LagProbe,
+    stop: CancellationToken,
+) {
+    let metrics = Arc::clone(dispatcher.metrics());
+    let source = source.to_owned();
+    tokio::spawn(async move {
+        loop {
+            match probe.read().await {
+                Ok(parts) => {
+                    for (partition, n) in parts {
+                        let label = switchyard_dispatcher::metrics::LagLabel { source: source.clone(), partition };
+                        metrics.source_lag.get_or_create(&label).set(n);
+                    }
+                }
+                Err(e) => tracing::debug!(%source, error = %e, "source lag not readable"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LAG_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// The OpenTelemetry `messaging.system` of a source.
+fn messaging_system(source: &switchyard_schemas::sources::SourceConfig) -> &'static str {
+    use switchyard_schemas::sources::SourceConfig;
+    match source {
+        SourceConfig::Nats(_) => "nats",
+        SourceConfig::Amqp(_) => "rabbitmq",
+        SourceConfig::Cron(_) => "cron",
+        SourceConfig::Kafka(_) => "kafka",
+        SourceConfig::S3(c) if c.sqs.is_some() => "aws_sqs",
+        SourceConfig::S3(c) if c.sns.is_some() => "aws_sns",
+        SourceConfig::S3(_) => "http",
+    }
+}
+
 /// Deliveries a source may have queued for the dispatcher before it has to wait.
 const SOURCE_CHANNEL: usize = 256;
 
@@ -222,11 +280,19 @@ impl Sources {
             let d = dispatcher.clone();
             let expand_s3 = sc.expands_s3_notifications();
             let parts_tracker = tracker.clone();
+            let system = messaging_system(sc);
+            // A clone shares the counter: no lock per delivery.
+            let received = d
+                .metrics()
+                .events_received
+                .get_or_create(&switchyard_dispatcher::metrics::SourceLabel { source: name.clone() })
+                .clone();
             tracker.spawn(
                 async move {
                     // Waits for room in the functions' queues: backpressure reaches the source through
                     // this bounded channel. A delivery refused at shutdown is dropped unacked.
                     while let Some(delivery) = rx.recv().await {
+                        received.inc();
                         let deliveries = match expand_s3 {
                             true => match switchyard_connectors::s3::fanout::split(delivery) {
                                 Ok((parts, done)) => {
@@ -238,7 +304,8 @@ impl Sources {
                             false => vec![delivery],
                         };
                         for delivery in deliveries {
-                            if let Err(e) = d.dispatch(delivery).await {
+                            let span = crate::telemetry::receive_span(system, &name, &delivery.event);
+                            if let Err(e) = d.dispatch(delivery).instrument(span).await {
                                 tracing::debug!(error = %e, "delivery not dispatched");
                             }
                         }

@@ -175,37 +175,56 @@ impl Client {
     /// # Errors
     /// When the broker cannot be reached.
     pub async fn logs(&self, function: &str, recent: u32, follow: bool) -> Result<()> {
+        // Everything after this instant is followed, so nothing falls between the list and the stream.
+        let start = uuid::Uuid::now_v7().to_string();
         let query = [("function", function.to_owned()), ("limit", recent.clamp(1, 1000).to_string())];
         let v = self.json(self.req(reqwest::Method::GET, "/api/v3/events").query(&query)).await?;
         let mut items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         items.reverse();
-        // Follow from the newest record shown, or from "now" when there is none.
-        let mut last = items.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
         for r in &items {
             print_logs(r);
         }
         if !follow {
             return Ok(());
         }
-        if last.is_none() {
-            last = Some(uuid::Uuid::now_v7().to_string());
+        // Records listed above that were still running are after `start` only if created later; the
+        // newest shown one is the cursor when it is newer.
+        let newest = items.iter().filter_map(|r| r.get("id").and_then(Value::as_str)).max().map(str::to_owned);
+        let after = newest.filter(|n| *n > start).unwrap_or(start);
+        // Then follow the server-sent events of the function's log stream.
+        let resp = self
+            .req(reqwest::Method::GET, &format!("/api/v1/functions/{function}/logs"))
+            .query(&[("after", after)])
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the broker at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or_default();
+            let msg = body.pointer("/error/message").and_then(Value::as_str).unwrap_or("").to_owned();
+            bail!("broker answered {status}: {msg}");
         }
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let mut q = vec![("function", function.to_owned()), ("limit", "1000".to_owned())];
-            if let Some(a) = &last {
-                q.push(("after", a.clone()));
-            }
-            let v = self.json(self.req(reqwest::Method::GET, "/api/v3/events").query(&q)).await?;
-            for r in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                // PENDING records are shown once they are terminal: stop at the first pending one.
-                if r.get("status").and_then(Value::as_str) == Some("PENDING") {
-                    break;
+        let mut resp = resp;
+        let mut buf = String::new();
+        while let Some(chunk) = resp.chunk().await? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let data: String = frame
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Ok(r) = serde_json::from_str::<Value>(&data) {
+                    print_logs(&r);
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
                 }
-                print_logs(&r);
-                last = r.get("id").and_then(Value::as_str).map(str::to_owned);
             }
         }
+        bail!("the broker closed the log stream")
     }
 
     /// `switchyard functions list`.

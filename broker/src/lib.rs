@@ -5,3 +5,5 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod cron_ops;
+pub mod registry;
+pub mod telemetry;

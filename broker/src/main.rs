@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_broker::app;
 use switchyard_broker::client::{self, Client};
+use switchyard_broker::{app, telemetry};
 use switchyard_schemas::Config;
 
 /// Exit code for bad configuration or usage (EX_USAGE).
@@ -269,13 +269,12 @@ enum FunctionsCommand {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Pretty => Self::Pretty,
+            LogFormat::Json => Self::Json,
+        }
     }
 }
 
@@ -289,16 +288,27 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let format = telemetry::LogFormat::from(cli.log_format);
+    if !matches!(cli.command, Command::Serve { .. }) {
+        let _ = telemetry::init(format, None);
+    }
     let result = match cli.command {
         Command::Serve { config, insecure } => {
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let traces = match telemetry::init(format, Some(&config.telemetry)) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
             match app::start(config, insecure, app::shutdown_signal()).await {
                 Ok(running) => {
                     running.wait().await;
+                    traces.shutdown();
                     Ok(())
                 }
                 Err(app::StartError::Usage(msg)) => {

@@ -2,6 +2,7 @@
 //! structured-mode CloudEvent (JSON) carrying why it failed in extensions. Connections are opened on
 //! first use, kept, and reopened after a failure.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -58,6 +59,7 @@ pub fn dead_letter_event(event: &CloudEvent, why: &DeadLetterInfo<'_>) -> CloudE
 }
 
 enum Conn {
+    Kafka(rdkafka::producer::FutureProducer),
     Nats(async_nats::Client),
     Amqp(#[allow(dead_code)] Connection, Channel),
 }
@@ -123,9 +125,9 @@ impl DeadLetterPublisher {
             DeadLetterSink::Nats { url, subject } => {
                 let client = {
                     let mut conns = self.conns.lock().await;
-                    if !conns.contains_key(&key(sink)) {
+                    if let Entry::Vacant(slot) = conns.entry(key(sink)) {
                         let c = async_nats::connect(url.as_str()).await.map_err(|e| e.to_string())?;
-                        conns.insert(key(sink), Conn::Nats(c));
+                        slot.insert(Conn::Nats(c));
                     }
                     match conns.get(&key(sink)) {
                         Some(Conn::Nats(c)) => c.clone(),
@@ -140,14 +142,44 @@ impl DeadLetterPublisher {
                     .map_err(|e| e.to_string())?;
                 client.flush().await.map_err(|e| e.to_string())
             }
+            DeadLetterSink::Kafka { brokers, topic, properties } => {
+                let producer = {
+                    let mut conns = self.conns.lock().await;
+                    if let Entry::Vacant(slot) = conns.entry(key(sink)) {
+                        let mut cfg = rdkafka::ClientConfig::new();
+                        cfg.set("bootstrap.servers", brokers.join(","))
+                            .set("acks", "all")
+                            .set("message.timeout.ms", "5000");
+                        for (k, v) in properties {
+                            cfg.set(k, v);
+                        }
+                        let p: rdkafka::producer::FutureProducer = cfg.create().map_err(|e| e.to_string())?;
+                        slot.insert(Conn::Kafka(p));
+                    }
+                    match conns.get(&key(sink)) {
+                        Some(Conn::Kafka(p)) => p.clone(),
+                        _ => return Err("connection kind mismatch".into()),
+                    }
+                };
+                let record_key = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("partitionkey").or_else(|| v.get("id")).and_then(|k| k.as_str().map(str::to_owned))
+                    })
+                    .unwrap_or_default();
+                let headers = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "content-type", value: Some(CONTENT_TYPE) });
+                let record = rdkafka::producer::FutureRecord::to(topic).payload(body).key(&record_key).headers(headers);
+                producer.send(record, ATTEMPT_TIMEOUT).await.map(drop).map_err(|(e, _)| e.to_string())
+            }
             DeadLetterSink::Amqp { url, exchange, routing_key } => {
                 let mut conns = self.conns.lock().await;
-                if !conns.contains_key(&key(sink)) {
+                if let Entry::Vacant(slot) = conns.entry(key(sink)) {
                     let conn =
                         Connection::connect(url, ConnectionProperties::default()).await.map_err(|e| e.to_string())?;
                     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
                     ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
-                    conns.insert(key(sink), Conn::Amqp(conn, ch));
+                    slot.insert(Conn::Amqp(conn, ch));
                 }
                 let Some(Conn::Amqp(_, ch)) = conns.get(&key(sink)) else {
                     return Err("connection kind mismatch".into());
@@ -183,6 +215,7 @@ fn key(sink: &DeadLetterSink) -> String {
         DeadLetterSink::Http { url } => format!("http {url}"),
         DeadLetterSink::Nats { url, .. } => format!("nats {url}"),
         DeadLetterSink::Amqp { url, exchange, routing_key } => format!("amqp {url} {exchange} {routing_key}"),
+        DeadLetterSink::Kafka { brokers, properties, .. } => format!("kafka {} {properties:?}", brokers.join(",")),
     }
 }
 
@@ -193,5 +226,6 @@ fn describe(sink: &DeadLetterSink) -> String {
         DeadLetterSink::Amqp { exchange, routing_key, .. } => {
             format!("amqp exchange {exchange:?} key {routing_key:?}")
         }
+        DeadLetterSink::Kafka { topic, .. } => format!("kafka topic {topic:?}"),
     }
 }

@@ -6,6 +6,8 @@
 pub mod amqp;
 pub mod cron;
 pub mod dead_letter;
+pub mod kafka;
+pub mod lag;
 mod memory_state;
 pub mod nats;
 pub mod s3;
@@ -90,19 +92,31 @@ pub struct Delivery {
     pub skip: Option<String>,
     /// When cancelled, invocations still running stop and are recorded as FAILURE (`cancelled`).
     pub cancel: Option<CancellationToken>,
+    /// When set, the message could not be decoded: the event (the message wrapped as a plain one)
+    /// is not invoked; each matched trigger gets a FAILURE record, dead-lettered, with error kind
+    /// `decode` and this message.
+    pub undecodable: Option<String>,
 }
 
 impl Delivery {
     /// A delivery and the receiver its source awaits.
     pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
         let (ack, rx) = Ack::pair();
-        (Self { event, ack, skip: None, cancel: None }, rx)
+        (Self { event, ack, skip: None, cancel: None, undecodable: None }, rx)
     }
 
     /// A delivery that is recorded as SKIPPED (with `reason`) instead of invoked.
     pub fn skipped(event: CloudEvent, reason: impl Into<String>) -> (Self, AckReceiver) {
         let (mut d, rx) = Self::new(event);
         d.skip = Some(reason.into());
+        (d, rx)
+    }
+
+    /// A message that could not be decoded, wrapped as `event`: recorded as FAILURE, dead-lettered,
+    /// error kind `decode`, with `error` as the message, instead of invoked.
+    pub fn undecodable(event: CloudEvent, error: impl Into<String>) -> (Self, AckReceiver) {
+        let (mut d, rx) = Self::new(event);
+        d.undecodable = Some(error.into());
         (d, rx)
     }
 
@@ -166,6 +180,7 @@ pub fn build(config: &switchyard_schemas::config::SourceConfig) -> Box<dyn Sourc
     match config {
         SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
         SourceConfig::Cron(c) => Box::new(cron::CronSource::new(c.clone())),
+        SourceConfig::Kafka(c) => Box::new(kafka::KafkaSource::new(c.clone())),
         SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
         SourceConfig::S3(c) => Box::new(s3::S3Source::new(c.clone())),
     }

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::metrics::{self, Metrics};
 use crate::records::{RecordStore, RecordWriter, WriteError};
 use crate::router;
 use crate::runtime::{self, DeployError, Invocation, InvokeError, Progress, Response, Runtime};
@@ -120,6 +121,8 @@ struct FunctionEntry {
     runtime: Arc<dyn Runtime>,
     service: FunctionService,
     admission: Arc<Semaphore>,
+    /// Attempts running in the runtime now.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FunctionEntry {
@@ -141,6 +144,7 @@ struct Inner {
     http: reqwest::Client,
     records: RecordsConfig,
     dead_letters: DeadLetterPublisher,
+    metrics: Arc<Metrics>,
     tracker: TaskTracker,
     abandon: CancellationToken,
     /// Stops background work (retention) at shutdown.
@@ -171,7 +175,8 @@ impl Dispatcher {
     pub async fn start(config: &Config, store: RecordStore) -> Result<Self, DeployError> {
         let http = runtime::http::client()
             .map_err(|e| DeployError { function: "(http client)".to_owned(), message: e.to_string() })?;
-        let (writer, _task) = RecordWriter::spawn(store.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics));
         let mut registry = Registry::default();
         for f in &config.functions {
             registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
@@ -187,6 +192,7 @@ impl Dispatcher {
                 writer,
                 store,
                 dead_letters: DeadLetterPublisher::new(http.clone()),
+                metrics,
                 http,
                 records: config.records.clone(),
                 tracker: TaskTracker::new(),
@@ -201,6 +207,27 @@ impl Dispatcher {
     /// The records store.
     pub fn store(&self) -> &RecordStore {
         &self.inner.store
+    }
+
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The metrics in the OpenMetrics text format, with the per-function gauges read now.
+    pub fn encode_metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        {
+            let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for f in reg.functions.values() {
+                let label = metrics::function(&f.config.name);
+                let admitted = f.capacity() - f.admission.available_permits();
+                let running = f.running.load(Ordering::Relaxed);
+                m.in_flight.get_or_create(&label).set(i64::try_from(running).unwrap_or(i64::MAX));
+                m.queued.get_or_create(&label).set(i64::try_from(admitted.saturating_sub(running)).unwrap_or(i64::MAX));
+            }
+        }
+        m.encode()
     }
 
     /// Counters since start.
@@ -274,31 +301,49 @@ impl Dispatcher {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         if matched.is_empty() {
             self.inner.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.events_unmatched.inc();
             tracing::debug!(event_id = %delivery.event.id, event_type = %delivery.event.ty, "no trigger matched");
             delivery.ack.resolve(Outcome::Unmatched);
             return;
         }
+        self.inner.metrics.events_routed.inc();
         let this = self.clone();
-        let span = tracing::debug_span!("delivery", event_id = %delivery.event.id, triggers = matched.len());
+        let span = tracing::debug_span!(
+            "delivery",
+            otel.name = "route",
+            event_id = %delivery.event.id,
+            event_type = %delivery.event.ty,
+            triggers = matched.len()
+        );
         self.inner.tracker.spawn(
             async move {
                 let event = Arc::new(delivery.event);
                 let received_at = Utc::now();
                 let skip = delivery.skip.clone();
+                let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
                 let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
                     let skip = skip.clone();
+                    let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
                     async move {
-                        let skip = match skip {
-                            Some(reason) => Some(reason),
-                            None => this.duplicate_of(&trigger, &event).await,
+                        let skip = match (&undecodable, skip) {
+                            (_, Some(reason)) => Some(reason),
+                            (None, None) => this.duplicate_of(&trigger, &event).await,
+                            (Some(_), None) => None,
                         };
-                        let r = match skip {
-                            Some(reason) => this.skip(&function, &trigger.name, event, received_at, reason).await,
-                            None => this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await,
+                        let r = match (undecodable, skip) {
+                            (Some(error), _) => {
+                                this.not_invoked(&function, &trigger, event, received_at, error, true).await
+                            }
+                            (None, Some(reason)) => {
+                                this.not_invoked(&function, &trigger, event, received_at, reason, false).await
+                            }
+                            (None, None) => {
+                                this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await
+                            }
                         };
                         drop(permit);
                         r
@@ -500,13 +545,16 @@ impl Dispatcher {
                 tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
             }
         }
+        self.observe(&record);
         if record.dead_lettered {
             self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(sink) = dead_letter {
                 self.send_dead_letter(sink, &event, &mut record).await;
             }
         }
-        self.inner.writer.write(record.clone()).await?;
+        let span =
+            tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = %record.status);
+        self.inner.writer.write(record.clone()).instrument(span).await?;
         Ok(InvokeResult { record, response })
     }
 
@@ -524,9 +572,34 @@ impl Dispatcher {
         let letter = dead_letter_event(event, &why);
         if let Err(e) = self.inner.dead_letters.publish(sink, &letter).await {
             self.inner.stats.dead_letter_sink_failures.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.dead_letter_sink_failures.get_or_create(&metrics::function(&record.function)).inc();
             tracing::error!(record = %record.id, error = %e, "dead letter not published; it stays in the records");
             let msg = record.error_message.get_or_insert_with(String::new);
             msg.push_str(&format!("\n[{e}]"));
+        }
+    }
+
+    /// Counts a terminal invocation in the metrics.
+    fn observe(&self, record: &EventRecord) {
+        let m = &self.inner.metrics;
+        let label = metrics::function(&record.function);
+        m.invocations
+            .get_or_create(&metrics::StatusLabel {
+                function: record.function.clone(),
+                status: record.status.as_str().to_owned(),
+            })
+            .inc();
+        if let Some(ms) = record.duration_ms {
+            m.invocation_duration.get_or_create(&label).observe(ms.max(0) as f64 / 1000.0);
+        }
+        if record.attempts > 1 {
+            m.retries.get_or_create(&label).inc_by(u64::from(record.attempts - 1));
+        }
+        if record.cold_start {
+            m.cold_starts.get_or_create(&label).inc();
+        }
+        if record.dead_lettered {
+            m.dead_letters.get_or_create(&label).inc();
         }
     }
 
@@ -572,20 +645,34 @@ impl Dispatcher {
         }
     }
 
-    /// A deliberately skipped invocation: one SKIPPED record, durable before returning.
-    async fn skip(
+    /// An invocation that does not run, with one terminal record durable before returning: SKIPPED
+    /// (deliberately skipped), or, for a message that could not be decoded, FAILURE dead-lettered
+    /// with error kind `decode`.
+    async fn not_invoked(
         &self,
         function: &FunctionEntry,
-        trigger: &str,
+        trigger: &TriggerConfig,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
         reason: String,
+        undecodable: bool,
     ) -> Result<InvokeResult, DispatchError> {
-        let mut record = self.new_record(function, trigger, &event, received_at);
-        record.status = Status::Skipped;
+        let mut record = self.new_record(function, &trigger.name, &event, received_at);
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
         record.error_message = Some(reason.clone());
+        if undecodable {
+            record.status = Status::Failure;
+            record.error_kind = Some(ErrorKind::Decode);
+            record.dead_lettered = true;
+            self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Some(sink) = &trigger.dead_letter {
+                self.send_dead_letter(sink, &event, &mut record).await;
+            }
+        } else {
+            record.status = Status::Skipped;
+        }
+        self.observe(&record);
         self.inner.writer.write(record.clone()).await?;
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
@@ -639,6 +726,48 @@ impl Dispatcher {
         };
         old.runtime.shutdown().await;
         Ok(())
+    }
+
+    /// The triggers, in routing order.
+    pub fn triggers(&self) -> Vec<TriggerConfig> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.triggers.iter().map(|t| (**t).clone()).collect()
+    }
+
+    /// One trigger.
+    pub fn trigger(&self, name: &str) -> Option<TriggerConfig> {
+        let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.triggers.iter().find(|t| t.name == name).map(|t| (**t).clone())
+    }
+
+    /// Adds a trigger or replaces the one of the same name (in place, keeping its routing position).
+    /// Returns whether it was new. Deliveries already routed keep the old version.
+    ///
+    /// # Errors
+    /// The first problem with it, with the field path (e.g. a function that does not exist).
+    pub fn upsert_trigger(&self, trigger: TriggerConfig) -> Result<bool, switchyard_schemas::config::FieldError> {
+        let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let function = reg.functions.get(&trigger.function).map(|f| f.config.clone());
+        trigger.validate("trigger", function.as_ref())?;
+        let trigger = Arc::new(trigger);
+        match reg.triggers.iter_mut().find(|t| t.name == trigger.name) {
+            Some(slot) => {
+                *slot = trigger;
+                Ok(false)
+            }
+            None => {
+                reg.triggers.push(trigger);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a trigger; returns whether it existed.
+    pub fn remove_trigger(&self, name: &str) -> bool {
+        let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = reg.triggers.len();
+        reg.triggers.retain(|t| t.name != name);
+        reg.triggers.len() != before
     }
 
     /// Stops taking events, lets in-flight invocations finish for up to `grace`, then gives up on the
@@ -697,9 +826,10 @@ async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<Funct
     let runtime = runtime::build(config, http).await?;
     // One invocation per instance: at most max_instances run; the rest wait in the queue.
     let limit = config.max_instances.map_or(config.max_concurrency, |m| m.min(config.max_concurrency));
-    let service = stack::build(Arc::clone(&runtime), limit);
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = stack::build(Arc::clone(&runtime), limit, Arc::clone(&running));
     let admission = Arc::new(Semaphore::new(config.max_concurrency + config.queue_size));
-    Ok(FunctionEntry { config: config.clone(), runtime, service, admission })
+    Ok(FunctionEntry { config: config.clone(), runtime, service, admission, running })
 }
 
 fn non_empty(text: &str, cap: usize) -> Option<String> {
@@ -721,6 +851,16 @@ fn trace_id_of(event: &CloudEvent) -> String {
                 return id;
             }
         }
+    }
+    // No traceparent: the trace the current span belongs to (when spans are exported), so the record
+    // and the exported spans share one id; else a new random id.
+    let current = {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        tracing::Span::current().context().span().span_context().trace_id()
+    };
+    if current != opentelemetry::trace::TraceId::INVALID {
+        return current.to_string();
     }
     format!("{:032x}", rand::random::<u128>() | 1)
 }

@@ -27,6 +27,9 @@ pub struct Config {
     /// What is kept of each invocation in its record.
     #[serde(default)]
     pub records: RecordsConfig,
+    /// OpenTelemetry trace export. Off by default.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The functions events are delivered to.
     #[serde(default)]
     pub functions: Vec<FunctionConfig>,
@@ -48,6 +51,7 @@ impl Default for Config {
             store: default_store(),
             server: ServerConfig::default(),
             records: RecordsConfig::default(),
+            telemetry: TelemetryConfig::default(),
             functions: Vec::new(),
             triggers: Vec::new(),
             sources: Vec::new(),
@@ -119,6 +123,23 @@ pub struct RecordsConfig {
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub retention: Option<Duration>,
+}
+
+/// OpenTelemetry trace export over OTLP (HTTP/protobuf). Export is on when an endpoint is set here or
+/// in `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (and `OTEL_SDK_DISABLED` is
+/// not `true`); the other standard `OTEL_*` variables apply too (headers, timeout, sampler).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318` (spans go to `/v1/traces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute. Default `OTEL_SERVICE_NAME`, else `switchyard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Fraction of new traces kept (0 to 1) when no incoming `traceparent` decides. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
 }
 
 const fn default_replay_bytes() -> usize {
@@ -440,6 +461,17 @@ pub enum DeadLetterSink {
         #[serde(default)]
         routing_key: String,
     },
+    /// Produce to a Kafka topic (`acks=all`; the record key is the event's `partitionkey` extension,
+    /// else its id).
+    Kafka {
+        /// Bootstrap servers, `host:port`.
+        brokers: Vec<String>,
+        /// The topic (it must exist).
+        topic: String,
+        /// Extra librdkafka producer properties (TLS, SASL, ...).
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
 }
 
 fn default_nats_url() -> String {
@@ -474,6 +506,15 @@ impl DeadLetterSink {
                 Ok(())
             }
             Self::Amqp { url, .. } => url_with(url, &["amqp", "amqps"]),
+            Self::Kafka { brokers, topic, .. } => {
+                if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+                    return Err(FieldError::new(format!("{at}.brokers"), "one or more host:port"));
+                }
+                if topic.is_empty() {
+                    return Err(FieldError::new(format!("{at}.topic"), "must not be empty"));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -779,6 +820,16 @@ impl Config {
                 format!("unsupported store {:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE", self.store),
             ));
         }
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(FieldError::new("telemetry.otlp_endpoint", format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if let Some(r) = self.telemetry.sample_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(FieldError::new("telemetry.sample_ratio", "must be between 0 and 1"));
+            }
+        }
         if let Some(r) = self.records.retention {
             if r < Duration::from_secs(60) {
                 return Err(FieldError::new("records.retention", "must be at least 1m"));
@@ -820,26 +871,39 @@ impl Config {
         let mut trigger_names = std::collections::HashSet::new();
         for (i, t) in self.triggers.iter().enumerate() {
             let at = format!("triggers[{i}]");
-            check_name(&t.name, &format!("{at}.name"))?;
             if !trigger_names.insert(t.name.as_str()) {
                 return Err(FieldError::new(format!("{at}.name"), format!("duplicate trigger {:?}", t.name)));
             }
-            let Some(function) = self.functions.iter().find(|f| f.name == t.function) else {
-                return Err(FieldError::new(
-                    format!("{at}.function"),
-                    format!("no function named {:?} in `functions`", t.function),
-                ));
-            };
-            for (j, filter) in t.filters.iter().enumerate() {
-                filter.validate(&format!("{at}.filters[{j}]"))?;
-            }
-            t.delivery.validate(&format!("{at}.delivery"), function)?;
-            if let Some(sink) = &t.dead_letter {
-                sink.validate(&format!("{at}.dead_letter"))?;
-            }
-            if t.idempotency_window.is_some_and(|w| w.is_zero()) {
-                return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
-            }
+            let function = self.functions.iter().find(|f| f.name == t.function);
+            t.validate(&at, function)?;
+        }
+        Ok(())
+    }
+}
+
+impl TriggerConfig {
+    /// Checks the trigger against the function it names (`None`: no such function). `at` is the field
+    /// path, e.g. `triggers[0]`.
+    ///
+    /// # Errors
+    /// The first problem, with the field path.
+    pub fn validate(&self, at: &str, function: Option<&FunctionConfig>) -> Result<(), FieldError> {
+        check_name(&self.name, &format!("{at}.name"))?;
+        let Some(function) = function else {
+            return Err(FieldError::new(
+                format!("{at}.function"),
+                format!("no function named {:?} in `functions`", self.function),
+            ));
+        };
+        for (j, filter) in self.filters.iter().enumerate() {
+            filter.validate(&format!("{at}.filters[{j}]"))?;
+        }
+        self.delivery.validate(&format!("{at}.delivery"), function)?;
+        if let Some(sink) = &self.dead_letter {
+            sink.validate(&format!("{at}.dead_letter"))?;
+        }
+        if self.idempotency_window.is_some_and(|w| w.is_zero()) {
+            return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
         }
         Ok(())
     }
@@ -1153,7 +1217,7 @@ triggers:
         assert_eq!(parse("server: {bind: nowhere}").unwrap_err().field(), Some("server.bind"));
         assert_eq!(parse("server: {tokens: [short]}").unwrap_err().field(), Some("server.tokens[0]"));
         assert_eq!(parse("store: mysql://x").unwrap_err().field(), Some("store"));
-        assert!(parse("sources:\n  - type: kafka\n").unwrap_err().to_string().contains("kafka"));
+        assert!(parse("sources:\n  - {type: kafka, name: k}\n").unwrap_err().to_string().contains("topics"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "source_state", include_str!("../sql/sqlite/0002_source_state.sql")),
     (3, "cold_start", include_str!("../sql/sqlite/0003_cold_start.sql")),
     (4, "replay", include_str!("../sql/sqlite/0004_replay.sql")),
+    (5, "registry", include_str!("../sql/sqlite/0005_registry.sql")),
 ];
 
 /// PostgreSQL migrations in order: (version, name, SQL). Applied by the records store at start, under
@@ -25,4 +26,5 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "event_records", include_str!("../sql/postgres/0001_event_records.sql")),
     (2, "source_state", include_str!("../sql/postgres/0002_source_state.sql")),
+    (3, "registry", include_str!("../sql/postgres/0003_registry.sql")),
 ];

@@ -85,6 +85,9 @@ pub enum ErrorKind {
     Shutdown,
     /// The source cancelled the invocation (e.g. cron `concurrency_policy: replace`).
     Cancelled,
+    /// The source message could not be decoded into the event it claimed to be; it was
+    /// dead-lettered without invoking the function.
+    Decode,
 }
 
 impl ErrorKind {
@@ -100,6 +103,7 @@ impl ErrorKind {
             Self::Init => "init",
             Self::Shutdown => "shutdown",
             Self::Cancelled => "cancelled",
+            Self::Decode => "decode",
         }
     }
 }
@@ -123,6 +127,7 @@ impl FromStr for ErrorKind {
             "init" => Self::Init,
             "shutdown" => Self::Shutdown,
             "cancelled" => Self::Cancelled,
+            "decode" => Self::Decode,
             other => return Err(format!("unknown error kind {other:?}")),
         })
     }

@@ -2,7 +2,8 @@
 //! result row (events/s, ratio to the same run's baseline, p50/p99).
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::Router;
@@ -56,4 +57,40 @@ impl Run {
             percentile(&l, 0.99).as_secs_f64() * 1000.0,
         )
     }
+}
+
+/// Sends `n` requests with `concurrency` workers; `make` builds request i.
+pub async fn drive(
+    n: usize,
+    concurrency: usize,
+    make: Arc<dyn Fn(usize) -> reqwest::RequestBuilder + Send + Sync>,
+    expect: u16,
+) -> (Duration, Vec<Duration>) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let make = Arc::clone(&make);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return lat;
+                    }
+                    let t = Instant::now();
+                    let resp = make(i).send().await.expect("request");
+                    assert_eq!(resp.status().as_u16(), expect, "request {i}");
+                    let _ = resp.bytes().await;
+                    lat.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(n);
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    (start.elapsed(), all)
 }

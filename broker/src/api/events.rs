@@ -24,10 +24,21 @@ pub async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|e| body_error(e, state.max_body_bytes))?;
-    let events = http_binding::from_http(&headers, &body)
+    let mut events = http_binding::from_http(&headers, &body)
         .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()).with(json!({"attribute": e.attribute})))?;
+    // A W3C traceparent on the request continues into events that carry none of their own.
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        for e in &mut events {
+            e.extensions
+                .entry("traceparent".to_owned())
+                .or_insert_with(|| switchyard_schemas::ExtensionValue::String(tp.to_owned()));
+        }
+    }
     let mut accepted = Vec::with_capacity(events.len());
     for event in events {
+        state.dispatcher.metrics().received("http");
+        let span = crate::telemetry::receive_span("http", "http", &event);
+        let _entered = span.enter();
         let id = event.id.clone();
         let (delivery, _ack) = Delivery::new(event);
         match state.dispatcher.try_dispatch(delivery) {

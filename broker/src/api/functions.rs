@@ -15,6 +15,20 @@ use switchyard_schemas::config::FunctionConfig;
 use switchyard_schemas::{CloudEvent, Data, ErrorKind};
 
 use super::{body_error, ApiError, AppState};
+use switchyard_dispatcher::records::registry::Kind;
+
+/// Stores a change in the shared registry so it survives restarts and reaches every replica. It is
+/// already applied here; when the store refuses it, the caller is told (503) that only this replica has it.
+pub async fn share(state: &AppState, kind: Kind, name: &str, config: Option<&str>) -> Result<(), ApiError> {
+    state.dispatcher.store().registry_put(kind, name, config).await.map(drop).map_err(|e| {
+        tracing::error!(%name, error = %e, "registry: change applied here but not stored");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_stored",
+            format!("{name:?} changed on this replica only: the store refused it ({e}); retry the request"),
+        )
+    })
+}
 
 /// Every function.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
@@ -47,11 +61,13 @@ pub async fn create(
         ));
     }
     let name = config.name.clone();
+    let json = serde_json::to_string(&config).unwrap_or_default();
     state
         .dispatcher
         .upsert_function(config)
         .await
         .map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
+    share(&state, Kind::Function, &name, Some(&json)).await?;
     let f = state.dispatcher.function(&name);
     Ok((StatusCode::CREATED, Json(serde_json::to_value(f).unwrap_or_default())))
 }
@@ -73,18 +89,23 @@ pub async fn update(
     if state.dispatcher.function(&name).is_none() {
         return Err(ApiError::not_found(format!("no function named {name:?}")));
     }
+    let json = serde_json::to_string(&config).unwrap_or_default();
     state
         .dispatcher
         .upsert_function(config)
         .await
         .map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
+    share(&state, Kind::Function, &name, Some(&json)).await?;
     Ok(Json(serde_json::to_value(state.dispatcher.function(&name)).unwrap_or_default()))
 }
 
 /// Deletes a function no trigger uses.
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     match state.dispatcher.remove_function(&name).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            share(&state, Kind::Function, &name, None).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(e @ RemoveError::Unknown(_)) => Err(ApiError::not_found(e.to_string())),
         Err(e @ RemoveError::InUse { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "in_use", e.to_string())),
     }
@@ -163,6 +184,7 @@ async fn invoke(state: &AppState, name: &str, event: CloudEvent) -> Result<Respo
                 ErrorKind::BadResponse | ErrorKind::Status => (StatusCode::BAD_GATEWAY, "function_bad_response"),
                 ErrorKind::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 ErrorKind::Cancelled => (StatusCode::CONFLICT, "cancelled"),
+                ErrorKind::Decode => (StatusCode::BAD_REQUEST, "undecodable_event"),
             };
             let mut resp = ApiError::new(status, code, e.message)
                 .with(json!({"record_id": record.id, "logs": record.logs}))

@@ -4,8 +4,10 @@
 mod cron;
 mod events;
 mod functions;
+mod logs;
 mod replay;
 mod s3;
+mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,11 +117,15 @@ pub fn router(state: AppState) -> Router {
         .route("/events", post(events::ingest))
         .route("/api/v1/functions", get(functions::list).post(functions::create))
         .route("/api/v1/functions/{name}", get(functions::get_one).put(functions::update).delete(functions::delete))
+        .route("/api/v1/functions/{name}/logs", get(logs::stream))
         .route("/api/v1/functions/invoke/{name}", post(functions::invoke_post).get(functions::invoke_get))
+        .route("/api/v1/triggers", get(triggers::list).post(triggers::create))
+        .route("/api/v1/triggers/{name}", get(triggers::get_one).put(triggers::update).delete(triggers::delete))
         .route("/api/v3/events", get(events::list))
         .route("/api/v3/events/{id}", get(events::get_one))
         .route("/api/v1/replay", post(replay::replay))
         .route("/api/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/api/v1/cron", get(cron::list))
         .route("/api/v1/cron/{name}", get(cron::get_one))
         .route("/api/v1/cron/{name}/next", get(cron::next))
@@ -136,6 +142,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.dispatcher.encode_metrics(),
+    )
+        .into_response()
 }
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {

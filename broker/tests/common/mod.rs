@@ -88,6 +88,17 @@ pub async fn function_server() -> FunctionServer {
             }),
         )
         .route(
+            "/poison",
+            post(|State(s): State<Arc<Seen>>, h: HeaderMap, body: axum::body::Bytes| async move {
+                count(&s, &h);
+                if body.windows(6).any(|w| w == b"poison") {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "poisoned")
+                } else {
+                    (StatusCode::OK, "fine")
+                }
+            }),
+        )
+        .route(
             "/bad",
             post(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
                 count(&s, &h);
@@ -281,7 +292,11 @@ impl Serve {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "-c", cfg.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(if std::env::var_os("SWITCHYARD_TEST_SERVE_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();

@@ -34,7 +34,7 @@ impl NatsSource {
         SourceError::Connection { source_name: self.config.name.clone(), message: message.into() }
     }
 
-    async fn connect(&self) -> Result<async_nats::Client, SourceError> {
+    pub(crate) async fn connect(&self) -> Result<async_nats::Client, SourceError> {
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("switchyard-{}", self.config.name))
             .retry_on_initial_connect()

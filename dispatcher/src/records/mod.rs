@@ -2,6 +2,7 @@
 //! task that is the only thing writing to it.
 
 mod postgres;
+pub mod registry;
 pub mod retention;
 mod sqlite;
 mod state;

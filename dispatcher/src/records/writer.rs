@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::store::RecordStore;
+use crate::metrics::Metrics;
 
 /// Most records committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -50,9 +51,9 @@ impl std::fmt::Debug for RecordWriter {
 impl RecordWriter {
     /// Starts the writer task. It ends when every handle is dropped, after committing what was queued;
     /// await the returned handle to know the last batch is durable.
-    pub fn spawn(store: RecordStore) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(store: RecordStore, metrics: std::sync::Arc<Metrics>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
-        let task = tokio::spawn(run(store, rx).instrument(tracing::info_span!("records_writer")));
+        let task = tokio::spawn(run(store, rx, metrics).instrument(tracing::info_span!("records_writer")));
         (Self { tx }, task)
     }
 
@@ -75,12 +76,15 @@ impl RecordWriter {
     }
 }
 
-async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>) {
+async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>, metrics: std::sync::Arc<Metrics>) {
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Move the records out of the batch (no copy); later writes of one record win in the upsert.
         let (records, waiters): (Vec<EventRecord>, Vec<_>) = batch.drain(..).map(|w| (w.record, w.done)).unzip();
         let mut result = Err(String::new());
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!("record_write", records = records.len());
+        let _enter = span.enter();
         for attempt in 1..=COMMIT_ATTEMPTS {
             match store.upsert_batch(&records).await {
                 Ok(()) => {
@@ -94,6 +98,9 @@ async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>) {
                 }
             }
         }
+        drop(_enter);
+        metrics.record_batch_size.observe(records.len() as f64);
+        metrics.record_batch_duration.observe(started.elapsed().as_secs_f64());
         tracing::trace!(records = records.len(), "record batch committed");
         for (record, done) in records.iter().zip(waiters) {
             if let Some(done) = done {

@@ -23,9 +23,9 @@ use crate::runtime::{Invocation, InvokeError, Response, Runtime};
 /// The stack's service type.
 pub type FunctionService = BoxCloneSyncService<Invocation, Response, InvokeError>;
 
-/// Adapts a [`Runtime`] to a tower service.
+/// Adapts a [`Runtime`] to a tower service, counting the attempts running in it.
 #[derive(Clone)]
-pub struct RuntimeService(pub Arc<dyn Runtime>);
+pub struct RuntimeService(pub Arc<dyn Runtime>, pub Arc<std::sync::atomic::AtomicUsize>);
 
 impl Service<Invocation> for RuntimeService {
     type Response = Response;
@@ -38,18 +38,42 @@ impl Service<Invocation> for RuntimeService {
 
     fn call(&mut self, inv: Invocation) -> Self::Future {
         let runtime = Arc::clone(&self.0);
-        Box::pin(async move { runtime.invoke(&inv).await })
+        let running = Arc::clone(&self.1);
+        Box::pin(async move {
+            let _running = RunningGuard::new(running);
+            runtime.invoke(&inv).await
+        })
+    }
+}
+
+/// Counts one running attempt until dropped (also when a timeout drops the attempt).
+struct RunningGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RunningGuard {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// Builds a function's stack (without retry, which depends on the trigger's policy; see
 /// [`with_retry`]).
-pub fn build(runtime: Arc<dyn Runtime>, max_concurrency: usize) -> FunctionService {
+pub fn build(
+    runtime: Arc<dyn Runtime>,
+    max_concurrency: usize,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+) -> FunctionService {
     let svc = ServiceBuilder::new()
         .layer(trace::TraceLayer)
         .concurrency_limit(max_concurrency)
         .layer(timeout::AttemptTimeoutLayer)
-        .service(RuntimeService(runtime));
+        .service(RuntimeService(runtime, running));
     BoxCloneSyncService::new(svc)
 }
 
@@ -137,7 +161,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_back_off_exponentially_then_succeed() {
         let fake = Fake::new(2, InvokeError::connection("refused"), Duration::ZERO);
-        let svc = with_retry(build(fake.clone(), 4), &policy(3));
+        let svc = with_retry(build(fake.clone(), 4, Arc::default()), &policy(3));
         let inv = invocation(Duration::from_secs(5));
         let progress = Arc::clone(&inv.progress);
         let start = Instant::now();
@@ -152,7 +176,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_stop_when_exhausted() {
         let fake = Fake::new(10, InvokeError::status(503, bytes::Bytes::new(), None), Duration::ZERO);
-        let svc = with_retry(build(fake.clone(), 4), &policy(2));
+        let svc = with_retry(build(fake.clone(), 4, Arc::default()), &policy(2));
         let err = svc.oneshot(invocation(Duration::from_secs(5))).await.unwrap_err();
         assert_eq!(err.status, Some(503));
         assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
@@ -161,7 +185,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn permanent_failures_are_not_retried() {
         let fake = Fake::new(10, InvokeError::status(404, bytes::Bytes::new(), None), Duration::ZERO);
-        let svc = with_retry(build(fake.clone(), 4), &policy(5));
+        let svc = with_retry(build(fake.clone(), 4, Arc::default()), &policy(5));
         assert!(svc.oneshot(invocation(Duration::from_secs(5))).await.is_err());
         assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     }
@@ -170,7 +194,7 @@ mod tests {
     async fn retry_after_replaces_the_backoff() {
         let fake =
             Fake::new(1, InvokeError::status(429, bytes::Bytes::new(), Some(Duration::from_secs(7))), Duration::ZERO);
-        let svc = with_retry(build(fake.clone(), 4), &policy(3));
+        let svc = with_retry(build(fake.clone(), 4, Arc::default()), &policy(3));
         let start = Instant::now();
         assert!(svc.oneshot(invocation(Duration::from_secs(5))).await.is_ok());
         assert_eq!(start.elapsed(), Duration::from_secs(7));
@@ -179,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_attempt_is_bounded_by_its_timeout() {
         let fake = Fake::new(0, InvokeError::connection("x"), Duration::from_secs(60));
-        let svc = with_retry(build(fake.clone(), 4), &policy(1));
+        let svc = with_retry(build(fake.clone(), 4, Arc::default()), &policy(1));
         let start = Instant::now();
         let err = svc.oneshot(invocation(Duration::from_millis(500))).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Timeout);
@@ -191,7 +215,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn concurrency_limit_holds_and_queues_the_rest() {
         let fake = Fake::new(0, InvokeError::connection("x"), Duration::from_millis(100));
-        let svc = build(fake.clone(), 2);
+        let svc = build(fake.clone(), 2, Arc::default());
         let start = Instant::now();
         let calls = (0..6).map(|_| svc.clone().oneshot(invocation(Duration::from_secs(5))));
         let results = futures::future::join_all(calls).await;
@@ -203,7 +227,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queue_wait_does_not_count_against_the_attempt_timeout() {
         let fake = Fake::new(0, InvokeError::connection("x"), Duration::from_millis(400));
-        let svc = build(fake.clone(), 1);
+        let svc = build(fake.clone(), 1, Arc::default());
         let calls = (0..3).map(|_| svc.clone().oneshot(invocation(Duration::from_millis(500))));
         let results = futures::future::join_all(calls).await;
         assert!(results.iter().all(Result::is_ok), "the third call waited 800ms in the queue but ran 400ms");

@@ -42,13 +42,30 @@ where
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
         inv.attempt = inv.progress.begin_attempt();
+        // OpenTelemetry FaaS conventions (a client span invoking a function).
         let span = tracing::debug_span!(
             "attempt",
+            otel.name = %format_args!("invoke {}", inv.function),
+            otel.kind = "client",
+            faas.invoked_name = %inv.function,
+            faas.invoked_provider = "other",
+            faas.trigger = "pubsub",
             function = %inv.function,
             trigger = %inv.trigger,
             event_id = %inv.event.id,
             attempt = inv.attempt,
+            record_id = %inv.record_id,
         );
+        // When spans are exported, the function's traceparent names this attempt's span.
+        {
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                inv.traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+            }
+        }
         let fut = {
             let _enter = span.enter();
             self.inner.call(inv)

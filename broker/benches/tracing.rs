@@ -1,0 +1,156 @@
+//! Cost of trace export: the end-to-end path (POST /events -> dispatcher -> no-op HTTP function ->
+//! SUCCESS record) on two `switchyard serve` processes, one with OpenTelemetry span export off and one
+//! with it on, driven alternately in one run. Spans go over OTLP/HTTP (batched) to a local sink that
+//! accepts them. Throughput is N events over first post -> last SUCCESS record.
+//!
+//! Run: `cargo bench -p switchyard-broker --bench tracing` (env: `SWITCHYARD_BENCH_EVENTS`, default
+//! 20000; `SWITCHYARD_BENCH_CONCURRENCY`, default 32). Under `cargo test` it runs a small smoke load.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Router;
+use support::{drive, noop_server};
+use switchyard_dispatcher::records::RecordStore;
+use switchyard_schemas::Status;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A local OTLP/HTTP endpoint: accepts every export, counts the bytes.
+async fn otlp_sink() -> (String, Arc<AtomicUsize>) {
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let b = Arc::clone(&bytes);
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let b = Arc::clone(&b);
+            async move {
+                b.fetch_add(body.len(), Ordering::Relaxed);
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), bytes)
+}
+
+/// A `switchyard serve` process of the real binary, and its records store.
+struct Serve {
+    child: tokio::process::Child,
+    url: String,
+    store: RecordStore,
+}
+
+async fn serve(dir: &std::path::Path, name: &str, function: &str, telemetry: &str) -> Serve {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db = dir.join(format!("{name}.db"));
+    let yaml = format!(
+        "store: sqlite://{}\nserver: {{bind: '127.0.0.1:{port}'}}\n{telemetry}functions:\n  - {{name: noop, runtime: http, url: '{function}', max_concurrency: 64, queue_size: 100000}}\ntriggers:\n  - {{name: all, function: noop}}\n",
+        db.display()
+    );
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, yaml).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "{name} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = RecordStore::open(&format!("sqlite://{}", db.display())).await.unwrap();
+    Serve { child, url, store }
+}
+
+/// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s.
+async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, concurrency: usize) -> f64 {
+    let body = r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}], "total": 31.5}"#;
+    let before = s.store.count(Some(Status::Success)).await.unwrap();
+    let start = Instant::now();
+    let c = client.clone();
+    let url = format!("{}/events", s.url);
+    let make = Arc::new(move |i: usize| {
+        c.post(&url)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", format!("bench-{}", first + i))
+            .header("ce-source", "/bench")
+            .header("ce-type", "bench")
+            .header("traceparent", format!("00-{:032x}-{:016x}-01", first + i + 1, first + i + 1))
+            .header("content-type", "application/json")
+            .body(body)
+    });
+    drive(n, concurrency, make, 202).await;
+    while ((s.store.count(Some(Status::Success)).await.unwrap() - before) as usize) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let n = if bench_mode { env_usize("SWITCHYARD_BENCH_EVENTS", 20_000) } else { 200 };
+    let concurrency = env_usize("SWITCHYARD_BENCH_CONCURRENCY", 32);
+    let (endpoint, exported) = otlp_sink().await;
+    let function = noop_server().await;
+    // Kept after a failure, so the brokers' logs can be read.
+    let dir = tempfile::Builder::new().prefix("sy-tracing-bench").tempdir().unwrap().keep();
+    eprintln!("broker logs in {}", dir.display());
+    let off = serve(&dir, "off", &function, "").await;
+    let on = serve(&dir, "on", &function, &format!("telemetry: {{otlp_endpoint: '{endpoint}'}}\n")).await;
+    // Idle connections to one process wait while the other is driven; drop them before the server's
+    // 30 s header-read timeout closes them under a reused request.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    round(&off, &client, 0, 200.min(n), concurrency).await; // warm-up
+    round(&on, &client, 0, 200.min(n), concurrency).await;
+    let (mut rates_off, mut rates_on) = (Vec::new(), Vec::new());
+    for r in 0..3 {
+        rates_off.push(round(&off, &client, (r + 1) * n, n, concurrency).await);
+        rates_on.push(round(&on, &client, (r + 1) * n, n, concurrency).await);
+    }
+    for s in [&off, &on] {
+        assert_eq!(s.store.count(Some(Status::Failure)).await.unwrap(), 0, "no invocation may fail in the bench");
+    }
+    // The exporter sends a batch at least every 5 s; wait for the first to arrive.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while exported.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no spans reached the OTLP endpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off_m, on_m) = (median(&mut rates_off), median(&mut rates_on));
+    println!("\ntrace export cost: two `switchyard serve` processes, {n} events per round, 3 rounds each, alternating, {concurrency} concurrent clients\n");
+    println!("| path | events/s (median of 3) | ratio to export off |");
+    println!("|---|---|---|");
+    println!("| POST /events -> SUCCESS record, export off (baseline) | {off_m:.0} | 1.00 |");
+    println!("| same, spans exported over OTLP/HTTP | {on_m:.0} | {:.2} |", on_m / off_m);
+    println!(
+        "\n(rounds off: {rates_off:.0?}; on: {rates_on:.0?}; {} bytes of spans exported so far)",
+        exported.load(Ordering::Relaxed)
+    );
+    drop((off.child, on.child));
+    let _ = std::fs::remove_dir_all(&dir);
+}

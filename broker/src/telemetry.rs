@@ -1,0 +1,169 @@
+//! Logs and traces: the `tracing` subscriber (text or JSON logs on stderr, filtered by `RUST_LOG`) and,
+//! when an OTLP endpoint is configured, an OpenTelemetry layer exporting spans over OTLP/HTTP.
+//!
+//! The two layers filter separately: logs default to `info`, while the OpenTelemetry layer takes
+//! Switchyard's own spans down to `debug` (receive, delivery, attempt, record). With export off there
+//! is no OpenTelemetry layer at all, and those `debug` spans are disabled: no cost.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use switchyard_schemas::config::TelemetryConfig;
+use tracing::Subscriber;
+use tracing_subscriber::layer::{Layer, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::EnvFilter;
+
+/// How logs are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The running exporter; flushes on [`Telemetry::shutdown`].
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            if let Err(e) = p.shutdown() {
+                eprintln!("switchyard: trace export did not flush: {e}");
+            }
+        }
+    }
+}
+
+/// The OTLP endpoint in effect: the config's, else the standard variables'; `None` when export is off.
+pub fn endpoint(config: &TelemetryConfig) -> Option<String> {
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    config
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok())
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty())
+}
+
+/// A tracer provider exporting to `config`'s endpoint over OTLP/HTTP in batches.
+///
+/// # Errors
+/// When the exporter cannot be built (a bad endpoint URL).
+pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, String> {
+    if endpoint(config).is_none() {
+        return Ok(None);
+    }
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(base) = &config.otlp_endpoint {
+        let base = base.trim_end_matches('/');
+        let url = if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") };
+        builder = builder.with_endpoint(url);
+    }
+    let exporter = builder.build().map_err(|e| format!("telemetry: {e}"))?;
+    let service = config
+        .service_name
+        .clone()
+        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
+        .unwrap_or_else(|| "switchyard".to_owned());
+    let ratio = config.sample_ratio.unwrap_or(1.0);
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .build(),
+    ))
+}
+
+/// The OpenTelemetry layer over `provider`: Switchyard's spans down to `debug`, nothing else.
+pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let own_spans = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span() && meta.target().starts_with("switchyard") && *meta.level() <= tracing::Level::DEBUG
+    });
+    tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")).with_filter(own_spans)
+}
+
+/// Installs the global subscriber: logs in `format` filtered by `RUST_LOG` (default `info`), plus span
+/// export when `telemetry` enables it (pass `None` for commands that only talk to a broker).
+///
+/// # Errors
+/// When the exporter cannot be built.
+pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Pretty => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let provider = match telemetry {
+        Some(t) => provider(t)?,
+        None => None,
+    };
+    let otel = provider.as_ref().map(otel_layer);
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    if let Some(e) = telemetry.and_then(endpoint) {
+        tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// The OpenTelemetry context a W3C `traceparent` (and `tracestate`) value names: the parent of the
+/// receive span, so a message's trace continues.
+pub fn remote_parent(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
+    let mut carrier = HashMap::with_capacity(2);
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(ts) = tracestate {
+        carrier.insert("tracestate".to_owned(), ts.to_owned());
+    }
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+/// The span of one message arriving from a source (OpenTelemetry messaging conventions), continuing
+/// the trace its `traceparent` extension names.
+pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> tracing::Span {
+    use switchyard_schemas::ExtensionValue;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::debug_span!(
+        target: "switchyard::receive",
+        "receive",
+        otel.name = %format_args!("{source} receive"),
+        otel.kind = if system == "http" { "server" } else { "consumer" },
+        messaging.system = system,
+        messaging.destination.name = %source,
+        messaging.operation.type = "receive",
+        messaging.message.id = %event.id,
+        cloudevents.event_id = %event.id,
+        cloudevents.event_source = %event.source,
+        cloudevents.event_type = %event.ty,
+    );
+    if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
+        let state = match event.extensions.get("tracestate") {
+            Some(ExtensionValue::String(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let _ = span.set_parent(remote_parent(tp, state));
+    }
+    span
+}

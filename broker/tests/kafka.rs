@@ -1,0 +1,171 @@
+//! The Kafka source end to end, against a `tansu` broker started per test: two `switchyard serve`
+//! processes sharing 10,000 messages across a `kill -9` and a restart, and a poison message
+//! dead-lettered while its partition moves on.
+
+mod common;
+#[path = "../../connectors/tests/kafka_support/mod.rs"]
+mod kafka_support;
+
+use std::collections::HashMap;
+
+use common::{broker, function_server, process_yaml, wait_successes, Serve};
+use kafka_support::{create_topic, produce, producer, unique, Tansu};
+use switchyard_dispatcher::records::{RecordQuery, RecordStore};
+use switchyard_schemas::{ErrorKind, Status};
+
+/// Produces `n` records with keys `k0..k49`, many in flight at once (one record per batch: see
+/// `kafka_support::producer`).
+async fn produce_many(bootstrap: &str, topic: &str, n: usize) {
+    let p = producer(bootstrap);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let sends = chunk.iter().map(|i| {
+            let (p, key, value) = (&p, format!("k{}", i % 50), format!("{{\"i\": {i}}}"));
+            async move { produce(p, topic, None, Some(key.as_bytes()), &[], Some(value.as_bytes())).await }
+        });
+        futures::future::join_all(sends).await;
+    }
+}
+
+const PARTITIONS: i32 = 4;
+const MAX_IN_FLIGHT: usize = 64;
+
+#[tokio::test]
+async fn two_serve_processes_share_10k_messages_across_kill_9_and_restart() {
+    let Some(t) = Tansu::start() else { return };
+    let topic = unique("sy10k");
+    create_topic(&t.bootstrap, &topic, PARTITIONS).await;
+    produce_many(&t.bootstrap, &topic, 10_000).await;
+    let (fs1, fs2) = (function_server().await, function_server().await);
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = dir.path().join("shared.db").display().to_string();
+    // Create the store before two processes race to migrate it.
+    let store = RecordStore::open(&format!("sqlite://{store_url}")).await.unwrap();
+    let source = format!(
+        "sources:\n  - type: kafka\n    name: k\n    bootstrap_servers: ['{}']\n    topics: [{topic}]\n    \
+         group: {}\n    start_offset: earliest\n    commit_interval: 100ms\n    max_in_flight: {MAX_IN_FLIGHT}\n    \
+         drain_timeout: 5s\n    \
+         properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500', max.poll.interval.ms: '10000', fetch.wait.max.ms: '5'}}\n",
+        t.bootstrap,
+        unique("g")
+    );
+    let yaml_a = process_yaml(&store_url, &source, &fs1.url("/ok"));
+    let a = Serve::start(dir.path(), "a", &yaml_a);
+    let b = Serve::start(dir.path(), "b", &process_yaml(&store_url, &source, &fs2.url("/ok")));
+    wait_successes(&store, Some("ok"), 2_000, 60).await;
+    a.signal("-KILL");
+    a.wait().await;
+    let a = Serve::start(dir.path(), "a", &yaml_a);
+    let s = wait_successes(&store, Some("ok"), 10_000, 120).await;
+    a.signal("-TERM");
+    b.signal("-TERM");
+    assert!(a.wait().await.success());
+    assert!(b.wait().await.success());
+    assert_eq!(s.len(), 10_000, "every message has a SUCCESS record");
+    let failures = store.count(Some(Status::Failure)).await.unwrap();
+    assert_eq!(failures, 0);
+    let calls1: usize = fs1.seen.calls.lock().unwrap().values().sum();
+    let calls2: usize = fs2.seen.calls.lock().unwrap().values().sum();
+    assert!(calls1 > 0 && calls2 > 0, "both processes took work ({calls1} and {calls2})");
+    // Only what the killed process had taken and not committed may run twice: at most
+    // max_in_flight per partition it owned (plus what finished within one commit interval).
+    let duplicates: usize = s.values().map(|n| n - 1).sum();
+    let window = PARTITIONS as usize * MAX_IN_FLIGHT;
+    assert!(duplicates <= window, "{duplicates} duplicate SUCCESS records (window {window})");
+    eprintln!("10k over two processes with kill -9: {duplicates} duplicates (window {window})");
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_while_its_partition_moves_on() {
+    let Some(t) = Tansu::start() else { return };
+    let topic = unique("syp");
+    create_topic(&t.bootstrap, &topic, 1).await;
+    let p = producer(&t.bootstrap);
+    produce(&p, &topic, None, Some(b"k"), &[], Some(b"{\"m\": \"before\"}")).await;
+    produce(&p, &topic, None, Some(b"k"), &[], Some(b"{\"m\": \"poison\"}")).await;
+    let bad = vec![("ce_specversion".to_owned(), b"1.0".to_vec()), ("ce_id".to_owned(), b"x".to_vec())];
+    produce(&p, &topic, None, Some(b"k"), &bad, Some(b"{}")).await;
+    for i in 0..5 {
+        produce(&p, &topic, None, Some(b"k"), &[], Some(format!("{{\"m\": \"after-{i}\"}}").as_bytes())).await;
+    }
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "sources:\n  - {{type: kafka, name: k, bootstrap_servers: ['{}'], topics: [{topic}], group: {}, \
+         start_offset: earliest, ordering: partition}}\n\
+         functions:\n  - {{name: f, runtime: http, url: '{}'}}\n\
+         triggers:\n  - {{name: t, function: f, delivery: {{retries: 2, backoff: {{initial: 10ms, max: 20ms}}}}}}\n",
+        t.bootstrap,
+        unique("g"),
+        fs.url("/poison")
+    ))
+    .await;
+    let records = b.wait_terminal(RecordQuery::default(), 8).await;
+    let by_data = |needle: &str| {
+        records.iter().find(|r| r.request.body.contains(needle)).unwrap_or_else(|| panic!("no record for {needle}"))
+    };
+    let poison = by_data("\"poison\"");
+    assert_eq!((poison.status, poison.dead_lettered, poison.attempts), (Status::Failure, true, 3));
+    let undecodable = records.iter().find(|r| r.error_kind == Some(ErrorKind::Decode)).expect("decode record");
+    assert_eq!((undecodable.status, undecodable.dead_lettered), (Status::Failure, true));
+    assert!(undecodable.error_message.as_deref().unwrap_or_default().contains("source"), "{undecodable:?}");
+    for i in 0..5 {
+        assert_eq!(by_data(&format!("after-{i}")).status, Status::Success, "the partition moved on");
+    }
+    assert_eq!(by_data("before").status, Status::Success);
+    let order: HashMap<_, _> = records.iter().map(|r| (r.event_subject.clone(), r.status)).collect();
+    assert_eq!(order.len(), 8);
+}
+
+#[tokio::test]
+async fn dead_letters_are_produced_to_a_kafka_topic() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let Some(t) = Tansu::start() else { return };
+    let dlq = unique("sydlq");
+    create_topic(&t.bootstrap, &dlq, 1).await;
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: f, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: f, delivery: {{retries: 0}}, dead_letter: {{type: kafka, brokers: ['{}'], topic: {dlq}}}}}\n",
+        fs.url("/bad"),
+        t.bootstrap
+    ))
+    .await;
+    assert_eq!(b.post_event("k-dl-1", "order.created", "{}").await.status(), 202);
+    let r = b.wait_terminal(RecordQuery::default(), 1).await;
+    assert!(r[0].dead_lettered);
+    assert!(r[0].error_message.as_deref().is_some_and(|m| !m.contains("dead-letter sink")), "{:?}", r[0].error_message);
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &t.bootstrap)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv()).await.unwrap().unwrap();
+    let e: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+    assert_eq!(
+        (e["id"].as_str(), e["dltrigger"].as_str(), e["dlerrorkind"].as_str()),
+        (Some("k-dl-1"), Some("t"), Some("status"))
+    );
+    assert_eq!(msg.key(), Some("k-dl-1".as_bytes()));
+}
+
+#[tokio::test]
+async fn consumer_group_lag_is_read_per_partition() {
+    let Some(t) = Tansu::start() else { return };
+    let topic = unique("sylag");
+    create_topic(&t.bootstrap, &topic, 2).await;
+    let p = producer(&t.bootstrap);
+    for i in 0..5 {
+        produce(&p, &topic, Some(i % 2), None, &[], Some(b"{}")).await;
+    }
+    let yaml = format!(
+        "sources:\n  - {{type: kafka, name: k, bootstrap_servers: ['{}'], topics: [{topic}], group: {}}}\n",
+        t.bootstrap,
+        unique("g")
+    );
+    let config = switchyard_schemas::Config::from_yaml_str(&yaml, "lag.yaml", |_| None).unwrap();
+    let mut probe = switchyard_connectors::lag::LagProbe::for_source(&config.sources[0]).unwrap();
+    let mut lag = probe.read().await.unwrap();
+    lag.sort();
+    assert_eq!(lag, vec![(format!("{topic}/0"), 3), (format!("{topic}/1"), 2)], "nothing committed yet: all waiting");
+}

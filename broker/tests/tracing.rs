@@ -1,0 +1,113 @@
+//! Traces from message to function, with an in-memory span exporter: a message carrying a W3C
+//! `traceparent` (HTTP header, NATS header) produces receive -> route -> invoke attempt(s) and record
+//! write spans in that trace; the HTTP function gets a `traceparent` naming its attempt's span; the
+//! record stores the same trace id. One test per binary: it installs the global subscriber.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{broker, function_server};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use switchyard_dispatcher::records::RecordQuery;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+fn named<'a>(spans: &'a [SpanData], trace: TraceId, name: &str) -> Vec<&'a SpanData> {
+    spans.iter().filter(|s| s.span_context.trace_id() == trace && s.name == name).collect()
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_continues_from_message_to_function_and_record() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let subscriber = tracing_subscriber::registry().with(switchyard_broker::telemetry::otel_layer(&provider));
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let fs = function_server().await;
+    let subject = format!("sy.trace.{}", uuid::Uuid::new_v4().simple());
+    let yaml = format!(
+        "sources:\n  - {{type: nats, name: bus, subjects: ['{subject}']}}\nfunctions:\n  - {{name: f, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: f, delivery: {{retries: 2, backoff: {{initial: 1ms, max: 2ms}}}}}}\n",
+        fs.url("/flaky/1")
+    );
+    let b = broker(&yaml).await;
+
+    // 1. HTTP: the traceparent header.
+    let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let caller = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+    let resp = b
+        .http
+        .post(b.url("/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "traced-1")
+        .header("ce-source", "/tests")
+        .header("ce-type", "t")
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let records = b.wait_terminal(RecordQuery::default(), 1).await;
+    assert_eq!(records[0].trace_id.as_deref(), Some(trace.to_string().as_str()), "the record keeps the trace id");
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+
+    let receive = named(&spans, trace, "http receive");
+    assert_eq!(receive.len(), 1, "one receive span: {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let receive = receive[0];
+    assert_eq!(receive.parent_span_id, caller, "the receive span continues the caller's span");
+    assert_eq!(receive.span_kind, SpanKind::Server);
+    assert_eq!(attr(receive, "messaging.message.id").as_deref(), Some("traced-1"));
+    let route = named(&spans, trace, "route");
+    assert_eq!(route.len(), 1);
+    assert_eq!(route[0].parent_span_id, receive.span_context.span_id());
+    let attempts = named(&spans, trace, "invoke f");
+    assert_eq!(attempts.len(), 2, "/flaky/1 fails the first attempt");
+    for a in &attempts {
+        assert_eq!(a.parent_span_id, route[0].span_context.span_id());
+        assert_eq!(a.span_kind, SpanKind::Client);
+        assert_eq!(attr(a, "faas.invoked_name").as_deref(), Some("f"));
+    }
+    let writes = named(&spans, trace, "record write");
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].parent_span_id, route[0].span_context.span_id());
+    // The function saw each attempt's span as its parent.
+    let seen = fs.seen.traceparents.lock().unwrap().clone();
+    let mut expected: Vec<String> =
+        attempts.iter().map(|a| format!("00-{trace}-{}-01", a.span_context.span_id())).collect();
+    let mut got: Vec<String> = seen.iter().filter(|tp| tp.contains(&trace.to_string())).cloned().collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+
+    // 2. NATS: the traceparent message header.
+    let trace2 = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.expect("NATS runs on 127.0.0.1:4222");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", format!("00-{trace2}-b7ad6b7169203331-01").as_str());
+    // The core subscription may not be live yet: publish until the record appears.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        nats.publish_with_headers(subject.clone(), headers.clone(), "{}".into()).await.unwrap();
+        nats.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got =
+            b.running.dispatcher.store().list(&RecordQuery { limit: 10, ..RecordQuery::default() }).await.unwrap();
+        if got.iter().any(|r| r.trace_id.as_deref() == Some(trace2.to_string().as_str()) && r.status.is_terminal()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no record for the NATS message");
+    }
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let receive = named(&spans, trace2, "bus receive");
+    assert!(!receive.is_empty());
+    assert_eq!(attr(receive[0], "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(receive[0].span_kind, SpanKind::Consumer);
+    assert!(!named(&spans, trace2, "invoke f").is_empty());
+}

@@ -1,0 +1,435 @@
+//! The Kafka source against a real broker (`tansu`, started per test) and librdkafka's mock
+//! cluster (injected request errors, a broker outage). A fake dispatcher resolves the acks, so the
+//! tests see exactly what the source takes, hands on and commits.
+
+mod kafka_support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_support::{create_topic, produce, producer, unique, Tansu};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use switchyard_connectors::kafka::binding;
+use switchyard_connectors::{build, Delivery, MemoryState, Outcome, SourceContext};
+use switchyard_schemas::config::SourceConfig;
+use switchyard_schemas::{CloudEvent, Data, ExtensionValue};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const DONE: Outcome = Outcome::Completed { invocations: 1, failed: 0 };
+
+struct Running {
+    rx: mpsc::Receiver<Delivery>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn next(&mut self, secs: u64) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("a delivery within {secs}s"))
+            .expect("source alive")
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("source stops").unwrap();
+    }
+}
+
+fn start(yaml: &str) -> Running {
+    let config: SourceConfig = serde_yaml::from_str(yaml).unwrap();
+    config.validate("sources[0]").unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = mpsc::channel(100_000);
+    let stop = CancellationToken::new();
+    let ctx = SourceContext {
+        deliveries: tx,
+        shutdown: stop.clone(),
+        name: config.name().to_owned(),
+        state: Arc::new(MemoryState::default()),
+    };
+    let source = build(&config);
+    let task = tokio::spawn(async move { source.run(ctx).await.unwrap() });
+    Running { rx, stop, task }
+}
+
+fn source_yaml(bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
+    format!(
+        "type: kafka\nname: k\nbootstrap_servers: ['{bootstrap}']\ntopics: [{topic}]\ngroup: {group}\n\
+         start_offset: earliest\ncluster: test\ncommit_interval: 50ms\n{extra}"
+    )
+}
+
+/// The group's committed offset per partition.
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(30)).unwrap();
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the group's committed offsets equal `want`.
+async fn wait_committed(bootstrap: &str, group: &str, topic: &str, want: &BTreeMap<i32, i64>) {
+    let partitions = want.keys().max().map_or(1, |m| m + 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+        let have = tokio::task::spawn_blocking(move || committed(&b, &g, &t, partitions)).await.unwrap();
+        if &have == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "committed {have:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn tansu_topic(partitions: i32) -> Option<(Tansu, String, FutureProducer)> {
+    let t = Tansu::start()?;
+    let topic = unique("sy");
+    create_topic(&t.bootstrap, &topic, partitions).await;
+    let p = producer(&t.bootstrap);
+    Some((t, topic, p))
+}
+
+#[tokio::test]
+async fn binding_conformance_binary_structured_and_plain_records() {
+    let Some((t, topic, p)) = tansu_topic(1).await else { return };
+    let mut bin = CloudEvent::new("bin-1", "/tests", "com.example.binary");
+    bin.datacontenttype = Some("text/plain".into());
+    bin.data = Some(Data::Text("héllo".into()));
+    bin.extensions.insert("tenant".into(), ExtensionValue::String("acme".into()));
+    let (h, v) = binding::to_binary(&bin);
+    produce(&p, &topic, None, Some(b"k-bin"), &h, Some(&v)).await;
+    let mut st = CloudEvent::new("st-1", "/tests", "com.example.structured");
+    st.datacontenttype = Some("application/json".into());
+    st.data = Some(Data::Json(serde_json::json!({"n": 1})));
+    let (h, v) = binding::to_structured(&st);
+    produce(&p, &topic, None, None, &h, Some(&v)).await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = vec![
+        ("traceparent".to_owned(), tp.as_bytes().to_vec()),
+        ("region".to_owned(), b"eu".to_vec()),
+        ("content-type".to_owned(), b"application/json".to_vec()),
+    ];
+    let (_, plain_offset) = produce(&p, &topic, None, Some(b"cust-9"), &headers, Some(br#"{"plain": true}"#)).await;
+
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), ""));
+    let mut d = s.next(30).await;
+    let mut want = bin.clone();
+    want.extensions.insert("partitionkey".into(), ExtensionValue::String("k-bin".into()));
+    assert_eq!(d.event, want, "binary mode, key as partitionkey");
+    d.ack.resolve(DONE);
+    let mut d = s.next(10).await;
+    assert_eq!(d.event, st, "structured mode");
+    d.ack.resolve(DONE);
+    let mut d = s.next(10).await;
+    let e = &d.event;
+    assert_eq!(e.ty, "dev.switchyard.kafka.message");
+    assert_eq!(e.source, format!("kafka://test/{topic}"));
+    assert_eq!(e.subject.as_deref(), Some(format!("0:{plain_offset}").as_str()));
+    assert_eq!(e.id, format!("{topic}:0:{plain_offset}"));
+    assert_eq!(e.extensions["partitionkey"], ExtensionValue::String("cust-9".into()));
+    assert_eq!(e.extensions["region"], ExtensionValue::String("eu".into()));
+    assert_eq!(e.extensions["traceparent"], ExtensionValue::String(tp.into()));
+    assert_eq!(e.data, Some(Data::Json(serde_json::json!({"plain": true}))));
+    assert!(e.time.is_some(), "record timestamp kept");
+    assert!(d.undecodable.is_none());
+    d.ack.resolve(DONE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_record_is_dead_lettered_with_its_error_and_the_partition_moves_on() {
+    let Some((t, topic, p)) = tansu_topic(1).await else { return };
+    let group = unique("g");
+    let bad = vec![("ce_specversion".to_owned(), b"1.0".to_vec()), ("ce_id".to_owned(), b"x".to_vec())];
+    produce(&p, &topic, None, Some(b"k"), &bad, Some(b"{}")).await;
+    produce(&p, &topic, None, Some(b"k"), &[], Some(b"after")).await;
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &group, "ordering: partition\n"));
+    let mut d = s.next(30).await;
+    let reason = d.undecodable.clone().expect("marked undecodable");
+    assert!(reason.contains("source"), "{reason}");
+    assert!(d.event.extensions[binding::DECODE_ERROR_EXTENSION].to_string().contains("source"));
+    // The dispatcher records it as FAILURE, dead-lettered; the outcome lets the source move on.
+    d.ack.resolve(Outcome::Completed { invocations: 1, failed: 1 });
+    let mut d = s.next(10).await;
+    assert_eq!(d.event.data, Some(Data::Binary(bytes::Bytes::from_static(b"after"))));
+    d.ack.resolve(DONE);
+    wait_committed(&t.bootstrap, &group, &topic, &BTreeMap::from([(0, 2)])).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn commits_only_up_to_the_contiguous_watermark_of_finished_messages() {
+    let Some((t, topic, p)) = tansu_topic(1).await else { return };
+    let group = unique("g");
+    for i in 0..5 {
+        produce(&p, &topic, Some(0), None, &[], Some(format!("m{i}").as_bytes())).await;
+    }
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &group, "ordering: none\n"));
+    let mut ds = Vec::new();
+    for _ in 0..5 {
+        ds.push(s.next(30).await);
+    }
+    // Finish 1, 2 and 4: offset 0 still runs, nothing may be committed past it.
+    for i in [1, 2, 4] {
+        ds[i].ack.resolve(DONE);
+    }
+    ds[0].ack.resolve(DONE);
+    wait_committed(&t.bootstrap, &group, &topic, &BTreeMap::from([(0, 3)])).await;
+    ds[3].ack.resolve(DONE);
+    wait_committed(&t.bootstrap, &group, &topic, &BTreeMap::from([(0, 5)])).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn abandoned_messages_are_not_committed_and_come_back() {
+    let Some((t, topic, p)) = tansu_topic(1).await else { return };
+    let group = unique("g");
+    for i in 0..3 {
+        produce(&p, &topic, Some(0), None, &[], Some(format!("m{i}").as_bytes())).await;
+    }
+    let yaml = source_yaml(&t.bootstrap, &topic, &group, "ordering: partition\n");
+    let mut s = start(&yaml);
+    let mut d = s.next(30).await;
+    d.ack.resolve(DONE);
+    let mut d = s.next(10).await;
+    // Shutdown: the dispatcher gives up on the running message.
+    s.stop.cancel();
+    d.ack.resolve(Outcome::Abandoned);
+    s.stop().await;
+    wait_committed(&t.bootstrap, &group, &topic, &BTreeMap::from([(0, 1)])).await;
+    let mut s = start(&yaml);
+    let d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Binary(bytes::Bytes::from_static(b"m1"))), "redelivered");
+    drop(d);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn per_key_order_holds_while_keys_run_in_parallel() {
+    let Some((t, topic, p)) = tansu_topic(2).await else { return };
+    let keys = ["a", "b", "c", "d"];
+    for i in 0..20 {
+        for k in keys {
+            produce(&p, &topic, None, Some(k.as_bytes()), &[], Some(format!("{k}-{i}").as_bytes())).await;
+        }
+    }
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), "ordering: key\nmax_in_flight: 100\n"));
+    let mut open: HashMap<String, Delivery> = HashMap::new();
+    let mut next_seq: HashMap<String, usize> = HashMap::new();
+    let mut max_parallel = 0;
+    let mut done = 0;
+    while done < 80 {
+        // Take whatever is ready: never two of one key at once, and every key's messages in order.
+        let d = if open.is_empty() {
+            Some(s.next(30).await)
+        } else {
+            tokio::time::timeout(Duration::from_millis(200), s.rx.recv()).await.ok().flatten()
+        };
+        match d {
+            Some(d) => {
+                let key = d.event.extensions["partitionkey"].to_string();
+                let Some(Data::Binary(b)) = &d.event.data else { panic!("data") };
+                let text = String::from_utf8(b.to_vec()).unwrap();
+                let seq: usize = text.rsplit('-').next().unwrap().parse().unwrap();
+                assert!(!open.contains_key(&key), "two messages of key {key} at once");
+                assert_eq!(seq, *next_seq.get(&key).unwrap_or(&0), "key {key} out of order");
+                next_seq.insert(key.clone(), seq + 1);
+                open.insert(key, d);
+                max_parallel = max_parallel.max(open.len());
+            }
+            None => {
+                // Nothing more can start until something finishes: finish one key (alternating).
+                let key = open.keys().min().cloned().unwrap();
+                open.remove(&key).unwrap().ack.resolve(DONE);
+                done += 1;
+            }
+        }
+    }
+    assert!(max_parallel >= 2, "different keys ran in parallel (max {max_parallel})");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn partition_is_paused_at_max_in_flight_and_resumed_as_work_drains() {
+    let Some((t, topic, p)) = tansu_topic(1).await else { return };
+    for i in 0..30 {
+        produce(&p, &topic, Some(0), None, &[], Some(format!("m{i}").as_bytes())).await;
+    }
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), "ordering: none\nmax_in_flight: 6\n"));
+    let mut ds = Vec::new();
+    for _ in 0..6 {
+        ds.push(s.next(30).await);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), s.rx.recv()).await.is_err(),
+        "nothing beyond max_in_flight while paused"
+    );
+    // Three finish: 3 outstanding = half the limit, the partition resumes.
+    for mut d in ds.drain(..3) {
+        d.ack.resolve(DONE);
+    }
+    let mut more = 0;
+    while more < 3 {
+        ds.push(s.next(10).await);
+        more += 1;
+    }
+    assert_eq!(ds.len(), 6);
+    for mut d in ds.drain(..) {
+        d.ack.resolve(DONE);
+    }
+    let mut rest = 0;
+    while rest < 30 - 9 {
+        s.next(10).await.ack.resolve(DONE);
+        rest += 1;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rebalance_drains_running_work_and_commits_before_releasing_partitions() {
+    let Some((t, topic, p)) = tansu_topic(4).await else { return };
+    let group = unique("g");
+    for i in 0..8 {
+        produce(&p, &topic, Some(i % 4), None, &[], Some(format!("m{i}").as_bytes())).await;
+    }
+    let extra = "ordering: partition\ndrain_timeout: 20s\n\
+                 properties: {partition.assignment.strategy: cooperative-sticky, session.timeout.ms: '6000', \
+                 heartbeat.interval.ms: '500'}\n";
+    let mut a = start(&source_yaml(&t.bootstrap, &topic, &group, extra));
+    // A takes the first message of each partition and holds it.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(a.next(30).await);
+    }
+    // B joins: some partitions move to B. A's revoke waits for the held messages; finish them after
+    // B joined, then A commits and releases.
+    let mut b = start(&source_yaml(&t.bootstrap, &topic, &group, extra));
+    // Not a synchronisation (the outcome is the same either way): gives B time to join so that the
+    // revoke happens while A still holds the messages, which is the case under test.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for mut d in held {
+        d.ack.resolve(DONE);
+    }
+    // Every message arrives exactly once across A and B: the drained ones were committed before
+    // their partitions moved, so B starts after them.
+    let mut seen: HashSet<String> = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "seen {seen:?}");
+        tokio::select! {
+            Some(mut d) = a.rx.recv() => { assert!(seen.insert(d.event.id.clone()), "duplicate {}", d.event.id); d.ack.resolve(DONE); }
+            Some(mut d) = b.rx.recv() => { assert!(seen.insert(d.event.id.clone()), "duplicate {}", d.event.id); d.ack.resolve(DONE); }
+        }
+    }
+    wait_committed(&t.bootstrap, &group, &topic, &(0..4).map(|p| (p, 2)).collect()).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Produces `n` messages to the mock cluster, spread over its partitions.
+async fn mock_produce(bootstrap: &str, topic: &str, n: usize) {
+    let p = producer(bootstrap);
+    for i in 0..n {
+        produce(&p, topic, None, Some(format!("k{}", i % 7).as_bytes()), &[], Some(format!("{i}").as_bytes())).await;
+    }
+}
+
+/// Consumes until every one of `n` distinct messages was seen; returns how many deliveries it took.
+async fn consume_all(s: &mut Running, n: usize, secs: u64) -> usize {
+    let mut seen = HashSet::new();
+    let mut deliveries = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while seen.len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} messages after {secs}s", seen.len());
+        if let Ok(Some(mut d)) = tokio::time::timeout(Duration::from_secs(1), s.rx.recv()).await {
+            seen.insert(d.event.id.clone());
+            deliveries += 1;
+            d.ack.resolve(DONE);
+        }
+    }
+    deliveries
+}
+
+#[tokio::test]
+async fn survives_injected_broker_errors_without_loss() {
+    let mock = MockCluster::new(3).unwrap();
+    let topic = unique("mock");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock_produce(&bootstrap, &topic, 300).await;
+    let group = unique("g");
+    let yaml = source_yaml(&bootstrap, &topic, &group, "ordering: key\n");
+    // Fetches and commits fail now and then; librdkafka retries, the source keeps its watermarks.
+    let errs = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+    ];
+    mock.request_errors(RDKafkaApiKey::Fetch, &errs);
+    mock.request_errors(RDKafkaApiKey::OffsetCommit, &errs);
+    let mut s = start(&yaml);
+    consume_all(&mut s, 300, 90).await;
+    mock.request_errors(RDKafkaApiKey::OffsetCommit, &errs[..2]);
+    s.stop().await;
+    let want: BTreeMap<i32, i64> = {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        (0..3).map(|p| (p, c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)).collect()
+    };
+    assert_eq!(want.values().sum::<i64>(), 300);
+    wait_committed(&bootstrap, &group, &topic, &want).await;
+}
+
+#[tokio::test]
+async fn survives_a_broker_outage_without_loss() {
+    let mock = MockCluster::new(3).unwrap();
+    let topic = unique("mock");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock_produce(&bootstrap, &topic, 200).await;
+    let group = unique("g");
+    let mut s = start(&source_yaml(&bootstrap, &topic, &group, "ordering: none\nmax_in_flight: 20\n"));
+    // Take some, then take a broker down (a partition leader) while messages are in flight.
+    let mut first = Vec::new();
+    for _ in 0..20 {
+        first.push(s.next(60).await);
+    }
+    mock.broker_down(1).unwrap();
+    let mut seen: HashSet<String> = first.iter().map(|d| d.event.id.clone()).collect();
+    for mut d in first {
+        d.ack.resolve(DONE);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mock.broker_up(1).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of 200 after the outage", seen.len());
+        if let Ok(Some(mut d)) = tokio::time::timeout(Duration::from_secs(1), s.rx.recv()).await {
+            seen.insert(d.event.id.clone());
+            d.ack.resolve(DONE);
+        }
+    }
+    s.stop().await;
+    let want: BTreeMap<i32, i64> = {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        (0..3).map(|p| (p, c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)).collect()
+    };
+    wait_committed(&bootstrap, &group, &topic, &want).await;
+}

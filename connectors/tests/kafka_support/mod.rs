@@ -1,0 +1,136 @@
+//! Test helpers shared by the Kafka tests and bench: a `tansu` broker started per test on a free
+//! port from an empty directory (memory storage), topic creation and a producer.
+//!
+//! The binary comes from `$SWITCHYARD_TANSU` (set by `scripts/test.sh`) or
+//! `/opt/switchyard-tools/tansu/bin/tansu`. When it is missing the tests skip with a reason, except
+//! under `CI=true`, where they fail.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// Where `scripts/test.sh` installs tansu when `SWITCHYARD_TANSU` is not set.
+pub const DEFAULT_TANSU: &str = "/opt/switchyard-tools/tansu/bin/tansu";
+
+/// A running tansu broker; killed on drop.
+pub struct Tansu {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> Option<PathBuf> {
+    let path = std::env::var_os("SWITCHYARD_TANSU").map_or_else(|| PathBuf::from(DEFAULT_TANSU), PathBuf::from);
+    path.is_file().then_some(path)
+}
+
+impl Tansu {
+    /// Starts a broker; `None` (test skipped, reason printed) when tansu is not installed, unless
+    /// `CI=true`, where it panics.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = binary() else {
+            let msg =
+                format!("tansu not found (SWITCHYARD_TANSU or {DEFAULT_TANSU}); run scripts/test.sh to install it");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("CLUSTER_ID")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut t = Self { child, bootstrap: format!("127.0.0.1:{port}"), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = t.child.try_wait() {
+                panic!("tansu exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(t)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A random name so tests never share topics or groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a topic with `partitions` partitions.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts).await;
+    for r in res.unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// A producer. `batch.num.messages=1`: tansu 0.6.0 makes a consumer resuming at a committed offset
+/// inside a producer batch skip the rest of that batch, so tests that restart consumers produce
+/// one record per batch.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap()
+}
+
+/// Produces one record and waits for its ack; returns (partition, offset).
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
+    value: Option<&[u8]>,
+) -> (i32, i64) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header { key: k, value: Some(v) });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(h);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    if let Some(pt) = partition {
+        record = record.partition(pt);
+    }
+    let d = p.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+    (d.partition, d.offset)
+}
