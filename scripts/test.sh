@@ -69,9 +69,31 @@ ensure_postgres() {
   wait_port 5432 PostgreSQL
 }
 
+# moto (server mode) stands in for S3, SQS and SNS. Installed once into a venv under
+# $SWITCHYARD_TOOLS (reused when present) and left running like the other services. The S3 tests read
+# its URL from SWITCHYARD_TEST_MOTO; set that yourself to use another moto (or S3-compatible) server.
+SWITCHYARD_TOOLS="${SWITCHYARD_TOOLS:-/opt/switchyard-tools}"
+MOTO_PORT="${SWITCHYARD_MOTO_PORT:-5055}"
+ensure_moto() {
+  [ -n "${SWITCHYARD_TEST_MOTO:-}" ] && return 0
+  local dir="$SWITCHYARD_TOOLS/moto"
+  if ! [ -x "$dir/bin/moto_server" ]; then
+    log "installing moto[server] into $dir"
+    python3 -m venv "$dir" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$dir"; }
+    "$dir/bin/pip" install -q 'moto[server]'
+  fi
+  if ! port_open "$MOTO_PORT"; then
+    log "starting moto_server on 127.0.0.1:$MOTO_PORT"
+    nohup "$dir/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$dir/moto.log" 2>&1 &
+    wait_port "$MOTO_PORT" moto
+  fi
+  export SWITCHYARD_TEST_MOTO="http://127.0.0.1:$MOTO_PORT"
+}
+
 ensure_nats
 ensure_rabbitmq
 ensure_postgres
+ensure_moto
 # The PostgreSQL tests create and drop their own databases as this role (trust auth on the machine).
 export SWITCHYARD_TEST_POSTGRES="${SWITCHYARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 

@@ -1,14 +1,17 @@
 //! Wiring: configuration -> records store -> dispatcher -> HTTP API; graceful shutdown that stops
 //! the ingress, drains in-flight invocations within the grace period and flushes records.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_connectors::{SourceContext, SourceState};
+use switchyard_connectors::s3::{S3HttpHandle, S3Source};
+use switchyard_connectors::{Source, SourceContext, SourceState};
 use switchyard_dispatcher::records::RecordStore;
 use switchyard_dispatcher::Dispatcher;
+use switchyard_schemas::config::SourceConfig;
 use switchyard_schemas::Config;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -106,6 +109,7 @@ pub async fn start(
         tokens: Arc::new(config.server.tokens.clone()),
         max_body_bytes: config.server.max_body_bytes,
         cron: sources.cron.clone(),
+        s3: Arc::clone(&sources.s3),
     };
     let grace = config.server.shutdown_grace;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -187,6 +191,8 @@ struct Sources {
     tracker: TaskTracker,
     /// Handles on the cron sources, for the API.
     cron: crate::cron_ops::CronSources,
+    /// The HTTP endpoints of `s3` sources with an `sns` or `webhook` input, by source name.
+    s3: Arc<BTreeMap<String, S3HttpHandle>>,
 }
 
 /// How often source lag is read.
@@ -228,6 +234,9 @@ fn messaging_system(source: &switchyard_schemas::sources::SourceConfig) -> &'sta
         SourceConfig::Amqp(_) => "rabbitmq",
         SourceConfig::Cron(_) => "cron",
         SourceConfig::Kafka(_) => "kafka",
+        SourceConfig::S3(c) if c.sqs.is_some() => "aws_sqs",
+        SourceConfig::S3(c) if c.sns.is_some() => "aws_sns",
+        SourceConfig::S3(_) => "http",
     }
 }
 
@@ -239,9 +248,19 @@ impl Sources {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut cron = crate::cron_ops::CronSourcesBuilder::default();
+        let mut s3 = BTreeMap::new();
         for sc in &config.sources {
             let name = sc.name().to_owned();
-            let source = cron.build(sc);
+            let source: Box<dyn Source> = match sc {
+                SourceConfig::S3(c) => {
+                    let source = S3Source::new(c.clone());
+                    if let Some(handle) = source.http_handle() {
+                        s3.insert(name.clone(), handle);
+                    }
+                    Box::new(source)
+                }
+                _ => cron.build(sc),
+            };
             let (tx, mut rx) = mpsc::channel(SOURCE_CHANNEL);
             let ctx = SourceContext {
                 deliveries: tx,
@@ -259,6 +278,8 @@ impl Sources {
                 .instrument(tracing::info_span!("source", source = %name)),
             );
             let d = dispatcher.clone();
+            let expand_s3 = sc.expands_s3_notifications();
+            let parts_tracker = tracker.clone();
             let system = messaging_system(sc);
             // A clone shares the counter: no lock per delivery.
             let received = d
@@ -272,9 +293,21 @@ impl Sources {
                     // this bounded channel. A delivery refused at shutdown is dropped unacked.
                     while let Some(delivery) = rx.recv().await {
                         received.inc();
-                        let span = crate::telemetry::receive_span(system, &name, &delivery.event);
-                        if let Err(e) = d.dispatch(delivery).instrument(span).await {
-                            tracing::debug!(error = %e, "delivery not dispatched");
+                        let deliveries = match expand_s3 {
+                            true => match switchyard_connectors::s3::fanout::split(delivery) {
+                                Ok((parts, done)) => {
+                                    parts_tracker.spawn(done.in_current_span());
+                                    parts
+                                }
+                                Err(delivery) => vec![*delivery],
+                            },
+                            false => vec![delivery],
+                        };
+                        for delivery in deliveries {
+                            let span = crate::telemetry::receive_span(system, &name, &delivery.event);
+                            if let Err(e) = d.dispatch(delivery).instrument(span).await {
+                                tracing::debug!(error = %e, "delivery not dispatched");
+                            }
                         }
                     }
                 }
@@ -282,7 +315,7 @@ impl Sources {
             );
         }
         tracker.close();
-        Self { shutdown, tracker, cron: cron.finish() }
+        Self { shutdown, tracker, cron: cron.finish(), s3: Arc::new(s3) }
     }
 
     /// Stops the sources: they stop taking messages, wait for in-flight acks and commit. Returns

@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod lag;
 mod memory_state;
 pub mod nats;
+pub mod s3;
 
 use std::fmt;
 use std::sync::Arc;
@@ -181,6 +182,7 @@ pub fn build(config: &switchyard_schemas::config::SourceConfig) -> Box<dyn Sourc
         SourceConfig::Cron(c) => Box::new(cron::CronSource::new(c.clone())),
         SourceConfig::Kafka(c) => Box::new(kafka::KafkaSource::new(c.clone())),
         SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
+        SourceConfig::S3(c) => Box::new(s3::S3Source::new(c.clone())),
     }
 }
 

@@ -6,6 +6,7 @@ mod events;
 mod functions;
 mod logs;
 mod replay;
+mod s3;
 mod triggers;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The running cron sources (list, pause, resume, fire now).
     pub cron: crate::cron_ops::CronSources,
+    /// The HTTP endpoints of `s3` sources (`sns`, `webhook`) by source name.
+    pub s3: Arc<std::collections::BTreeMap<String, switchyard_connectors::s3::S3HttpHandle>>,
 }
 
 /// An API failure: status, a stable machine-readable code, and a message for people.
@@ -133,6 +136,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        // Authenticated by the source itself (webhook token, SNS signature), not server.tokens.
+        .route("/ingest/s3/{source}", post(s3::ingest))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

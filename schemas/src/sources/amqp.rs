@@ -48,6 +48,12 @@ pub struct AmqpSourceConfig {
     /// Backoff between reconnect attempts after the connection or channel is lost.
     #[serde(default)]
     pub reconnect: AmqpReconnect,
+    /// Recognise S3 notification JSON (AWS, MinIO; `s3:TestEvent` acked and ignored) in plain
+    /// messages and deliver one `com.amazonaws.s3.*` event per record instead, mapped as the `s3`
+    /// source does; the message is acked once all of them are terminal. Other messages are delivered
+    /// as usual. Default false.
+    #[serde(default)]
+    pub s3_notifications: bool,
 }
 
 /// What to declare before consuming.

@@ -85,6 +85,12 @@ pub struct KafkaSourceConfig {
     /// (servers, group, offsets, commits, TLS, SASL) are rejected here; use their own fields.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Treat records holding S3 event notification JSON (`{"Records": [...]}` from S3, MinIO or SNS) as S3
+    /// notifications: one `com.amazonaws.s3.*` event per record, mapped as the `s3` source does; the
+    /// Kafka record counts as finished once all of them are terminal. Other records are delivered as
+    /// usual. Default false.
+    #[serde(default)]
+    pub s3_notifications: bool,
 }
 
 /// Where a new group starts reading a partition.

@@ -1,4 +1,5 @@
-//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, `type: kafka`, ...)
+//! Configuration of message sources: one internally tagged enum (`type: nats`, `type: amqp`, `type: kafka`,
+//! `type: s3`, ...)
 //! with one variant per connector. Adding a connector = a config module here, a variant, and a
 //! match arm in `switchyard_connectors::build`.
 
@@ -11,10 +12,12 @@ pub mod amqp;
 pub mod cron;
 pub mod kafka;
 pub mod nats;
+pub mod s3;
 pub use amqp::AmqpSourceConfig;
 pub use cron::CronSourceConfig;
 pub use kafka::KafkaSourceConfig;
 pub use nats::NatsSourceConfig;
+pub use s3::S3SourceConfig;
 
 /// A message source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -28,6 +31,8 @@ pub enum SourceConfig {
     Kafka(KafkaSourceConfig),
     /// NATS: core subscriptions (at-most-once) or a JetStream durable consumer (at-least-once).
     Nats(NatsSourceConfig),
+    /// S3 object notifications from an SQS queue, SNS HTTP deliveries or webhook posts.
+    S3(S3SourceConfig),
 }
 
 impl SourceConfig {
@@ -38,6 +43,18 @@ impl SourceConfig {
             Self::Cron(c) => &c.name,
             Self::Kafka(c) => &c.name,
             Self::Nats(c) => &c.name,
+            Self::S3(c) => &c.name,
+        }
+    }
+
+    /// Whether plain messages holding S3 notification JSON become S3 events (`s3_notifications` of
+    /// the `kafka`, `nats` and `amqp` sources).
+    pub const fn expands_s3_notifications(&self) -> bool {
+        match self {
+            Self::Amqp(c) => c.s3_notifications,
+            Self::Kafka(c) => c.s3_notifications,
+            Self::Nats(c) => c.s3_notifications,
+            Self::Cron(_) | Self::S3(_) => false,
         }
     }
 
@@ -51,6 +68,7 @@ impl SourceConfig {
             Self::Cron(c) => c.validate(at),
             Self::Kafka(c) => c.validate(at),
             Self::Nats(c) => c.validate(at),
+            Self::S3(c) => c.validate(at),
         }
     }
 }

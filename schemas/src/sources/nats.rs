@@ -40,6 +40,12 @@ pub struct NatsSourceConfig {
     /// Token for authentication (use `${ENV}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Recognise S3 notification JSON (AWS, MinIO; `s3:TestEvent` acked and ignored) in plain
+    /// messages and deliver one `com.amazonaws.s3.*` event per record instead, mapped as the `s3`
+    /// source does; the message is acked once all of them are terminal. Other messages are delivered
+    /// as usual. Default false.
+    #[serde(default)]
+    pub s3_notifications: bool,
 }
 
 /// The JetStream stream and durable consumer.
