@@ -160,7 +160,8 @@ impl Postgres {
     }
 
     pub(crate) async fn list(&self, query: &RecordQuery) -> Result<Vec<EventRecord>, StoreError> {
-        let mut qb: QueryBuilder<'_, sqlx::Postgres> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE TRUE"));
+        let mut qb: QueryBuilder<'_, sqlx::Postgres> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE TRUE"));
         for (clause, arg) in query.clauses() {
             qb.push(clause);
             match arg {
