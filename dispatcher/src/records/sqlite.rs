@@ -136,7 +136,8 @@ impl Sqlite {
     }
 
     pub(crate) async fn list(&self, query: &RecordQuery) -> Result<Vec<EventRecord>, StoreError> {
-        let mut qb: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE 1 = 1"));
+        let mut qb: QueryBuilder<'_, sqlx::Sqlite> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM event_records WHERE 1 = 1"));
         for (clause, arg) in query.clauses() {
             qb.push(clause);
             match arg {
