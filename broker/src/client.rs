@@ -233,17 +233,31 @@ impl Client {
     /// When the broker cannot be reached.
     pub async fn functions_list(&self) -> Result<()> {
         let v = self.json(self.req(reqwest::Method::GET, "/api/v1/functions")).await?;
-        println!("{:<20}  {:<8}  {:>9}  {:>9}  TARGET", "NAME", "RUNTIME", "MAX_CONC", "IN_FLIGHT");
+        println!(
+            "{:<20}  {:<8}  {:<9}  {:>9}  {:>9}  TARGET",
+            "NAME", "RUNTIME", "STATE", "MAX_CONC", "IN_FLIGHT"
+        );
         for f in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
             let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-            let target = f.get("url").or_else(|| f.get("handler")).and_then(Value::as_str).unwrap_or("-");
+            let target = ["url", "handler", "module"]
+                .iter()
+                .find_map(|k| f.get(*k).and_then(Value::as_str))
+                .map(str::to_owned)
+                .or_else(|| f.get("command").and_then(Value::as_array).and_then(|c| c.first()).map(|c| c.to_string()))
+                .unwrap_or_else(|| "-".to_owned());
             println!(
-                "{:<20}  {:<8}  {:>9}  {:>9}  {target}",
+                "{:<20}  {:<8}  {:<9}  {:>9}  {:>9}  {target}",
                 s("name"),
                 s("runtime"),
+                s("state"),
                 f.get("max_concurrency").and_then(Value::as_u64).unwrap_or(0),
                 f.get("in_flight").and_then(Value::as_u64).unwrap_or(0),
             );
+            if let Some(error) = f.get("error").and_then(Value::as_str) {
+                for line in error.lines() {
+                    println!("    {line}");
+                }
+            }
         }
         Ok(())
     }

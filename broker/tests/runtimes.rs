@@ -52,6 +52,50 @@ async fn node_esm_and_commonjs_handlers() {
     b.running.shutdown().await;
 }
 
+/// The `typescript` package scripts/test.sh installs (this machine's Node.js cannot strip types).
+fn typescript_package() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_TYPESCRIPT") {
+        Ok(p) if std::path::Path::new(&p).join("package.json").is_file() => Some(p),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and SWITCHYARD_TEST_TYPESCRIPT does not name the typescript package (scripts/test.sh installs it)")
+        }
+        _ => {
+            eprintln!("skipped: set SWITCHYARD_TEST_TYPESCRIPT to a typescript package folder (scripts/test.sh does)");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn typescript_handlers_run_through_the_typescript_package() {
+    let Some(ts) = typescript_package() else { return };
+    let typed = testdata("node/ts/typed.ts");
+    let b = broker(&format!(
+        "functions:\n  - {{name: typed, runtime: node, handler: '{typed}', typescript: '{ts}'}}\n  - {{name: tfail, runtime: node, handler: '{typed}', entrypoint: fail, typescript: '{ts}'}}\n"
+    ))
+    .await;
+    let (status, body, id) = invoke(&b, "typed", json!({"name": "Ada"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"hello": "Hello, Ada!", "to": "Ada", "fn": "typed"}), "imports another .ts module");
+    assert!(record(&b, &id).await.logs.unwrap().contains("typed handler greets Ada"));
+    let (status, _, id) = invoke(&b, "tfail", json!({})).await;
+    assert_eq!(status, 500);
+    let r = record(&b, &id).await;
+    assert!(r.error_message.unwrap().starts_with("Error: typed failure"));
+    // A syntax error fails the deployment with the file and position.
+    let bad = json!({"name": "tbad", "runtime": "node", "handler": testdata("node/ts/syntax_error.ts"), "typescript": ts});
+    let resp = b.http.post(b.url("/api/v1/functions")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("syntax_error.ts:2:"), "{text}");
+    // No typescript package and a Node.js that cannot strip types: a clear deployment error.
+    let none = json!({"name": "tnone", "runtime": "node", "handler": typed, "typescript": "/nonexistent/typescript"});
+    let resp = b.http.post(b.url("/api/v1/functions")).json(&none).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp.text().await.unwrap().contains("is not a package folder"));
+    b.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn custom_process_runtime_speaks_the_protocol() {
     let perl = testdata("process/echo.pl");
@@ -127,7 +171,7 @@ async fn n_concurrent_invocations_run_on_n_instances() {
 }
 
 #[tokio::test]
-async fn functions_that_do_not_load_fail_to_deploy() {
+async fn functions_that_do_not_load_fail_to_deploy_and_show_state_error() {
     let dir = tempfile::tempdir().unwrap();
     for (yaml, expect) in [
         (
@@ -148,12 +192,77 @@ async fn functions_that_do_not_load_fail_to_deploy() {
         let err = switchyard_broker::app::start(config, false, std::future::pending()).await.err().unwrap();
         assert!(err.to_string().contains(expect), "{err}");
     }
-    // Through the API: refused, and nothing is deployed.
+    b_api_states().await;
+}
+
+async fn state_of(b: &Broker, name: &str) -> Value {
+    b.http.get(b.url(&format!("/api/v1/functions/{name}"))).send().await.unwrap().json().await.unwrap()
+}
+
+/// Through the API a function that does not load is kept in state `Error` with the reason; a fixed
+/// configuration makes it `Ready`; a failed update leaves the previous version serving.
+async fn b_api_states() {
     let b = broker("").await;
     let bad = json!({"name": "nox", "runtime": "node", "handler": testdata("node/noexport.mjs")});
     let resp = b.http.post(b.url("/api/v1/functions")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "deploy_failed");
+    assert_eq!(body["function"]["state"], "Error");
+    let f = state_of(&b, "nox").await;
+    assert_eq!(f["state"], "Error");
+    assert_eq!(f["serving"], false);
+    assert!(f["error"].as_str().unwrap().contains("exports no function"), "{f}");
+    // Listed with its state and error by the CLI.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["functions", "list", "--url", &b.url("")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nox") && text.contains("Error") && text.contains("exports no function"), "{text}");
+    // Not invocable: 409 naming the state.
+    let resp = b.http.post(b.url("/api/v1/functions/invoke/nox")).json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    assert!(resp.text().await.unwrap().contains("state Error"));
+    // Invalid configuration: refused before any deployment, nothing changes.
+    let invalid = json!({"name": "nox", "runtime": "node"});
+    let resp = b.http.put(b.url("/api/v1/functions/nox")).json(&invalid).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(resp.text().await.unwrap().contains("exports no function"));
-    assert_eq!(b.http.get(b.url("/api/v1/functions/nox")).send().await.unwrap().status(), 404);
+    assert_eq!(state_of(&b, "nox").await["state"], "Error");
+    // Fixed: Ready and serving.
+    let good = json!({"name": "nox", "runtime": "node", "handler": testdata("node/esm.mjs")});
+    let resp = b.http.put(b.url("/api/v1/functions/nox")).json(&good).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let f: Value = resp.json().await.unwrap();
+    assert_eq!((f["state"].as_str(), f["serving"].as_bool(), f.get("error")), (Some("Ready"), Some(true), None));
+    // A failing update: state Error, the previous version still serves.
+    let resp = b.http.put(b.url("/api/v1/functions/nox")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let f = state_of(&b, "nox").await;
+    assert_eq!((f["state"].as_str(), f["serving"].as_bool()), (Some("Error"), Some(true)));
+    let resp = b.http.post(b.url("/api/v1/functions/invoke/nox")).json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the previous version serves");
+    // `?wait=false`: 202 with the deployment under way, then Ready.
+    let py = json!({"name": "later", "runtime": "python", "handler": python_handler("behaviours.py"), "entrypoint": "echo"});
+    let resp = b.http.post(b.url("/api/v1/functions?wait=false")).json(&py).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let f: Value = resp.json().await.unwrap();
+    assert_eq!(f["state"], "Creating", "{f}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = state_of(&b, "later").await;
+        if f["state"] == "Ready" {
+            break;
+        }
+        assert_eq!(f["state"], "Creating", "{f}");
+        assert!(std::time::Instant::now() < deadline, "still {f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Removing a function in state Error works.
+    let resp = b.http.put(b.url("/api/v1/functions/later")).json(&json!({"name": "later", "runtime": "python", "handler": python_handler("broken.py")})).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(b.http.delete(b.url("/api/v1/functions/later")).send().await.unwrap().status(), 204);
+    assert_eq!(b.http.get(b.url("/api/v1/functions/later")).send().await.unwrap().status(), 404);
     b.running.shutdown().await;
 }

@@ -42,6 +42,16 @@ pub enum DispatchError {
     /// No such function.
     #[error("no function named {0:?}")]
     UnknownFunction(String),
+    /// The function exists but has no version that can run yet (first deployment running or failed).
+    #[error("function {function:?} is not ready (state {state}){}", error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NotReady {
+        /// The function.
+        function: String,
+        /// Its state.
+        state: FunctionState,
+        /// Why its deployment failed, in state `Error`.
+        error: Option<String>,
+    },
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -103,12 +113,44 @@ impl<'a> RunSpec<'a> {
     }
 }
 
+/// Where a function's latest deployment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FunctionState {
+    /// First deployment in progress: nothing of it runs yet.
+    Creating,
+    /// A new configuration is being deployed; the previous one still serves.
+    Deploying,
+    /// The latest configuration is deployed and serves.
+    Ready,
+    /// The latest deployment failed (see `error`); a previous version, if any, still serves.
+    Error,
+}
+
+impl std::fmt::Display for FunctionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Creating => "Creating",
+            Self::Deploying => "Deploying",
+            Self::Ready => "Ready",
+            Self::Error => "Error",
+        })
+    }
+}
+
 /// A function as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionInfo {
-    /// Its configuration.
+    /// Its configuration: the latest one asked for (being deployed, or failed, when not `Ready`).
     #[serde(flatten)]
     pub config: FunctionConfig,
+    /// `Creating`, `Deploying`, `Ready` or `Error`.
+    pub state: FunctionState,
+    /// Why the latest deployment failed (state `Error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether a deployed version serves invocations (false while `Creating`, or in `Error` after a
+    /// failed first deployment).
+    pub serving: bool,
     /// Invocations admitted and not yet finished (running or queued).
     pub in_flight: usize,
     /// Live instances (process runtimes): idle and busy.
@@ -133,8 +175,21 @@ impl FunctionEntry {
 
 #[derive(Default)]
 struct Registry {
+    /// The versions that serve.
     functions: BTreeMap<String, Arc<FunctionEntry>>,
+    /// Deployments not (yet) serving: in progress, or failed. Absent when the serving version is the
+    /// latest one asked for.
+    pending: BTreeMap<String, Pending>,
+    /// Tells deployments of one name apart, so an older one finishing late never wins.
+    deployments: u64,
     triggers: Vec<Arc<TriggerConfig>>,
+}
+
+struct Pending {
+    config: FunctionConfig,
+    state: FunctionState,
+    error: Option<String>,
+    deployment: u64,
 }
 
 struct Inner {
@@ -383,9 +438,18 @@ impl Dispatcher {
         }
         let entry = {
             let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            reg.functions.get(function).cloned()
-        }
-        .ok_or_else(|| DispatchError::UnknownFunction(function.to_owned()))?;
+            match (reg.functions.get(function), reg.pending.get(function)) {
+                (Some(f), _) => Arc::clone(f),
+                (None, Some(p)) => {
+                    return Err(DispatchError::NotReady {
+                        function: function.to_owned(),
+                        state: p.state,
+                        error: p.error.clone(),
+                    })
+                }
+                (None, None) => return Err(DispatchError::UnknownFunction(function.to_owned())),
+            }
+        };
         let permit = Arc::clone(&entry.admission).try_acquire_owned().map_err(|_| {
             self.inner.stats.saturated.fetch_add(1, Ordering::Relaxed);
             DispatchError::Saturated { function: function.to_owned(), retry_after: Duration::from_secs(1) }
@@ -677,40 +741,94 @@ impl Dispatcher {
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
 
-    /// The functions, by name.
+    /// The functions, by name, with their deployment state.
     pub fn functions(&self) -> Vec<FunctionInfo> {
         let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        reg.functions.values().map(|f| info(f)).collect()
+        let mut names: Vec<&String> = reg.functions.keys().chain(reg.pending.keys()).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().filter_map(|n| info(&reg, n)).collect()
     }
 
     /// One function.
     pub fn function(&self, name: &str) -> Option<FunctionInfo> {
         let reg = self.inner.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        reg.functions.get(name).map(|f| info(f))
+        info(&reg, name)
     }
 
-    /// Deploys a function, replacing one of the same name (in-flight invocations finish on the old
-    /// one). Returns whether it was new.
+    /// Validates a function's configuration and marks its deployment started: state `Creating` for a
+    /// new name, `Deploying` when a version already serves (it keeps serving meanwhile). Finish with
+    /// [`Dispatcher::finish_deploy`]; [`Dispatcher::upsert_function`] does both.
     ///
     /// # Errors
-    /// [`DeployError`] when it fails validation or cannot run; nothing changes then.
-    pub async fn upsert_function(&self, config: FunctionConfig) -> Result<bool, DeployError> {
+    /// [`DeployError`] when the configuration is invalid; nothing changes then.
+    pub fn begin_deploy(&self, config: FunctionConfig) -> Result<Deployment, DeployError> {
         config
             .validate("function")
             .map_err(|e| DeployError { function: config.name.clone(), message: e.to_string() })?;
-        let entry = Arc::new(deploy(&config, &self.inner.http).await?);
-        let old = {
-            let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            reg.functions.insert(config.name.clone(), entry)
-        };
-        let created = old.is_none();
-        if let Some(old) = old {
-            old.runtime.shutdown().await;
-        }
-        Ok(created)
+        let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reg.deployments += 1;
+        let deployment = reg.deployments;
+        let created = !reg.functions.contains_key(&config.name);
+        let state = if created { FunctionState::Creating } else { FunctionState::Deploying };
+        reg.pending.insert(config.name.clone(), Pending { config: config.clone(), state, error: None, deployment });
+        Ok(Deployment { config, deployment, created })
     }
 
-    /// Removes a function that no trigger uses.
+    /// Builds the runtime of a deployment begun with [`Dispatcher::begin_deploy`] (Python and Node
+    /// handlers are loaded, wasm compiled) and, on success, swaps it in (in-flight invocations
+    /// finish on the old version): state `Ready`. On failure the state is `Error` with the message,
+    /// and the previous version, if any, keeps serving. A deployment overtaken by a newer one of the
+    /// same name (or by removal) is discarded. Returns whether the function was new.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the function cannot run.
+    pub async fn finish_deploy(&self, deployment: Deployment) -> Result<bool, DeployError> {
+        let Deployment { config, deployment, created } = deployment;
+        let name = config.name.clone();
+        let built = deploy(&config, &self.inner.http).await;
+        let current = |reg: &Registry| reg.pending.get(&name).is_some_and(|p| p.deployment == deployment);
+        match built {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                let old = {
+                    let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if current(&reg) {
+                        reg.pending.remove(&name);
+                        reg.functions.insert(name.clone(), Arc::clone(&entry))
+                    } else {
+                        Some(entry) // overtaken: this version never serves
+                    }
+                };
+                if let Some(old) = old {
+                    old.runtime.shutdown().await;
+                }
+                Ok(created)
+            }
+            Err(e) => {
+                let mut reg = self.inner.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if current(&reg) {
+                    if let Some(p) = reg.pending.get_mut(&name) {
+                        p.state = FunctionState::Error;
+                        p.error = Some(e.message.clone());
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Deploys a function, replacing one of the same name (in-flight invocations finish on the old
+    /// one), and waits for the outcome. Returns whether it was new.
+    ///
+    /// # Errors
+    /// [`DeployError`] when it fails validation (nothing changes) or cannot run (state `Error`).
+    pub async fn upsert_function(&self, config: FunctionConfig) -> Result<bool, DeployError> {
+        let deployment = self.begin_deploy(config)?;
+        self.finish_deploy(deployment).await
+    }
+
+    /// Removes a function that no trigger uses (a deployment of it still running is discarded).
     ///
     /// # Errors
     /// `UnknownFunction`, or a message naming the triggers that still use it.
@@ -722,7 +840,12 @@ impl Dispatcher {
             if !users.is_empty() {
                 return Err(RemoveError::InUse { function: name.to_owned(), triggers: users });
             }
-            reg.functions.remove(name).ok_or_else(|| RemoveError::Unknown(name.to_owned()))?
+            let pending = reg.pending.remove(name);
+            match reg.functions.remove(name) {
+                Some(old) => old,
+                None if pending.is_some() => return Ok(()),
+                None => return Err(RemoveError::Unknown(name.to_owned())),
+            }
         };
         old.runtime.shutdown().await;
         Ok(())
@@ -814,12 +937,33 @@ pub enum RemoveError {
     },
 }
 
-fn info(f: &FunctionEntry) -> FunctionInfo {
-    FunctionInfo {
-        config: f.config.clone(),
-        in_flight: f.capacity() - f.admission.available_permits(),
-        instances: f.runtime.instances(),
+/// A function deployment begun with [`Dispatcher::begin_deploy`].
+#[derive(Debug)]
+pub struct Deployment {
+    config: FunctionConfig,
+    deployment: u64,
+    created: bool,
+}
+
+impl Deployment {
+    /// Whether the function is new (no version of it serves).
+    pub const fn created(&self) -> bool {
+        self.created
     }
+}
+
+fn info(reg: &Registry, name: &str) -> Option<FunctionInfo> {
+    let serving = reg.functions.get(name);
+    let pending = reg.pending.get(name);
+    let config = pending.map(|p| &p.config).or_else(|| serving.map(|f| &f.config))?.clone();
+    Some(FunctionInfo {
+        config,
+        state: pending.map_or(FunctionState::Ready, |p| p.state),
+        error: pending.and_then(|p| p.error.clone()),
+        serving: serving.is_some(),
+        in_flight: serving.map_or(0, |f| f.capacity() - f.admission.available_permits()),
+        instances: serving.and_then(|f| f.runtime.instances()),
+    })
 }
 
 async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<FunctionEntry, DeployError> {

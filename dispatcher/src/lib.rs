@@ -10,4 +10,6 @@ pub mod router;
 pub mod runtime;
 pub mod stack;
 
-pub use dispatch::{DispatchError, Dispatcher, FunctionInfo, InvokeResult, RemoveError, Stats};
+pub use dispatch::{
+    DispatchError, Deployment, Dispatcher, FunctionInfo, FunctionState, InvokeResult, RemoveError, Stats,
+};

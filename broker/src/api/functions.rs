@@ -46,38 +46,42 @@ fn parse_function(body: &[u8]) -> Result<FunctionConfig, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_function", format!("function: {e}")))
 }
 
+/// `?wait=false`: answer 202 as soon as the deployment starts instead of waiting for its outcome.
+#[derive(Debug, serde::Deserialize)]
+pub struct DeployQuery {
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+const fn yes() -> bool {
+    true
+}
+
 /// Creates a function (409 when the name is taken).
 pub async fn create(
     State(state): State<AppState>,
+    Query(q): Query<DeployQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|e| body_error(e, state.max_body_bytes))?;
     let config = parse_function(&body)?;
-    if state.dispatcher.function(&config.name).is_some() {
+    if let Some(f) = state.dispatcher.function(&config.name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "exists",
-            format!("function {:?} exists; use PUT to update it", config.name),
+            format!("function {:?} exists (state {}); use PUT to update it", config.name, f.state),
         ));
     }
-    let name = config.name.clone();
-    let json = serde_json::to_string(&config).unwrap_or_default();
-    state
-        .dispatcher
-        .upsert_function(config)
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
-    share(&state, Kind::Function, &name, Some(&json)).await?;
-    let f = state.dispatcher.function(&name);
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(f).unwrap_or_default())))
+    deploy(&state, config, q.wait, StatusCode::CREATED).await
 }
 
 /// Replaces a function's configuration (the body's name must match the path).
 pub async fn update(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<DeployQuery>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(|e| body_error(e, state.max_body_bytes))?;
     let config = parse_function(&body)?;
     if config.name != name {
@@ -89,14 +93,47 @@ pub async fn update(
     if state.dispatcher.function(&name).is_none() {
         return Err(ApiError::not_found(format!("no function named {name:?}")));
     }
+    deploy(&state, config, q.wait, StatusCode::OK).await
+}
+
+/// Validates (400, nothing changes), marks the deployment started (state `Creating` or `Deploying`),
+/// then either waits for it (`ok` when Ready; 422 `deploy_failed` with the function in state `Error`)
+/// or answers 202 at once and finishes it in the background. A deployed configuration is stored in
+/// the shared registry.
+async fn deploy(
+    state: &AppState,
+    config: FunctionConfig,
+    wait: bool,
+    ok: StatusCode,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = config.name.clone();
     let json = serde_json::to_string(&config).unwrap_or_default();
-    state
+    let deployment = state
         .dispatcher
-        .upsert_function(config)
-        .await
+        .begin_deploy(config)
         .map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
-    share(&state, Kind::Function, &name, Some(&json)).await?;
-    Ok(Json(serde_json::to_value(state.dispatcher.function(&name)).unwrap_or_default()))
+    let show = |state: &AppState| serde_json::to_value(state.dispatcher.function(&name)).unwrap_or_default();
+    if !wait {
+        let info = show(state);
+        let state = state.clone();
+        tokio::spawn(async move {
+            match state.dispatcher.finish_deploy(deployment).await {
+                Ok(_) => {
+                    let _ = share(&state, Kind::Function, &name, Some(&json)).await;
+                }
+                Err(e) => tracing::warn!(function = %name, error = %e, "deployment failed (state Error)"),
+            }
+        });
+        return Ok((StatusCode::ACCEPTED, Json(info)));
+    }
+    match state.dispatcher.finish_deploy(deployment).await {
+        Ok(_) => {
+            share(state, Kind::Function, &name, Some(&json)).await?;
+            Ok((ok, Json(show(state))))
+        }
+        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "deploy_failed", e.to_string())
+            .with(json!({"function": show(state)}))),
+    }
 }
 
 /// Deletes a function no trigger uses.

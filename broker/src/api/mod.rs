@@ -81,6 +81,7 @@ impl From<DispatchError> for ApiError {
                 err
             }
             DispatchError::UnknownFunction(_) => Self::not_found(e.to_string()),
+            DispatchError::NotReady { .. } => Self::new(StatusCode::CONFLICT, "not_ready", e.to_string()),
             DispatchError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string()),
             DispatchError::Record(_) => Self::internal(&e),
             DispatchError::NotReplayable { .. } => {
