@@ -116,5 +116,16 @@ ensure_tansu() {
 }
 ensure_tansu
 
+# The TypeScript test runs a .ts handler through the typescript package (this machine's Node.js is
+# older than 22.6, which strips types itself). Installed once from npm into $TOOLS/typescript.
+export SWITCHYARD_TEST_TYPESCRIPT="${SWITCHYARD_TEST_TYPESCRIPT:-$TOOLS/typescript/node_modules/typescript}"
+ensure_typescript() {
+  [ -f "$SWITCHYARD_TEST_TYPESCRIPT/package.json" ] && return 0
+  command -v npm >/dev/null 2>&1 || { log "npm is not on PATH: install Node.js and npm"; return 1; }
+  log "installing typescript 5.9.3 into $TOOLS/typescript"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/typescript" typescript@5.9.3
+}
+ensure_typescript
+
 log "running tests (unit, integration, CloudEvents conformance, bench smoke runs)"
 cargo test --workspace --all-targets --locked "$@"

@@ -214,6 +214,11 @@ pub struct FunctionConfig {
     /// `python` and `node`: the interpreter. Default `python3` / `node`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpreter: Option<String>,
+    /// `node` only, for TypeScript handlers (`.ts`, `.mts`) on a Node.js that cannot strip types
+    /// (before 22.6): the folder of the `typescript` package used to transpile them. Default: the
+    /// `typescript` package found in a `node_modules` folder at or above the handler's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typescript: Option<String>,
     /// `process` only: the program and its arguments; it must speak the worker protocol. A relative
     /// program path is taken from the config file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +282,7 @@ impl FunctionConfig {
             handler: None,
             entrypoint: None,
             interpreter: None,
+            typescript: None,
             command: None,
             min_instances: None,
             max_instances: None,
@@ -316,6 +322,7 @@ impl FunctionConfig {
         only("handler", self.handler.is_some(), &[Python, Node])?;
         only("entrypoint", self.entrypoint.is_some(), &[Python, Node])?;
         only("interpreter", self.interpreter.is_some(), &[Python, Node])?;
+        only("typescript", self.typescript.is_some(), &[Node])?;
         only("command", self.command.is_some(), &[Process])?;
         let procs = &[Python, Node, Process];
         only("min_instances", self.min_instances.is_some(), procs)?;
@@ -744,9 +751,9 @@ impl Config {
         let mut config = Self::from_yaml_str(&text, &file, |k| std::env::var(k).ok())?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         for f in &mut config.functions {
-            if let Some(h) = &f.handler {
-                if Path::new(h).is_relative() {
-                    f.handler = Some(base.join(h).display().to_string());
+            for path in [&mut f.handler, &mut f.typescript].into_iter().flatten() {
+                if Path::new(path.as_str()).is_relative() {
+                    *path = base.join(path.as_str()).display().to_string();
                 }
             }
             if let Some(program) = f.command.as_mut().and_then(|c| c.first_mut()) {

@@ -3,6 +3,7 @@
 // the original stdin/stdout. process.stdout is pointed at stderr before the handler loads, so
 // console.log() goes to the invocation's logs and cannot corrupt the protocol.
 import { writeSync } from "node:fs";
+import { register } from "node:module";
 import { pathToFileURL } from "node:url";
 
 const PROTO_OUT = 1;
@@ -70,10 +71,41 @@ function finish(seq, reply) {
   stderrWrite(`${END_MARK}${seq}\n`, () => send(reply));
 }
 
+// Module loader hooks (run on Node's loader thread) that turn .ts/.mts files into JavaScript with
+// the typescript package's transpileModule: types are removed, nothing is type-checked, syntax
+// errors fail the load with their position.
+const TS_HOOKS = `
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+let ts;
+export function initialize(data) { ts = createRequire(data.base)(data.typescript); }
+export async function load(url, context, nextLoad) {
+  if (!url.startsWith("file:") || !/\\.m?ts$/.test(new URL(url).pathname)) return nextLoad(url, context);
+  const loaded = await nextLoad(url, { ...context, format: "module" });
+  const fileName = fileURLToPath(url);
+  const out = ts.transpileModule(String(loaded.source), {
+    fileName,
+    reportDiagnostics: true,
+    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, inlineSourceMap: true },
+  });
+  if (out.diagnostics && out.diagnostics.length) {
+    const d = out.diagnostics[0];
+    const at = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start) : null;
+    const where = at ? fileName + ":" + (at.line + 1) + ":" + (at.character + 1) : fileName;
+    throw new SyntaxError(where + ": " + ts.flattenDiagnosticMessageText(d.messageText, "\\n"));
+  }
+  return { format: "module", source: out.outputText, shortCircuit: true };
+}
+`;
+
 async function main() {
-  const [path, entrypoint] = process.argv.slice(-2);
+  const [path, entrypoint, typescript] = process.argv.slice(-3);
   let handler;
   try {
+    if (typescript !== "-") {
+      const base = pathToFileURL(path).href;
+      register("data:text/javascript," + encodeURIComponent(TS_HOOKS), { data: { typescript, base } });
+    }
     handler = await load(path, entrypoint === "-" ? "" : entrypoint);
   } catch (e) {
     send({ type: "init_error", error: errorOf(e, "init") });

@@ -1,0 +1,3 @@
+export async function handler(event: { name: string }) {
+  return { statusCode: 200, body: event.name ;
+}
