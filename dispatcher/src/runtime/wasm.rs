@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use switchyard_schemas::config::FunctionConfig;
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, UpdateDeadline,
+    ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -412,6 +412,23 @@ fn exit_error(code: i32, out: &[u8], logs: String) -> InvokeError {
     .with_logs(logs)
 }
 
+/// "the module trapped: <reason>" and the wasm backtrace, one frame a line.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    let mut text = match e.downcast_ref::<Trap>() {
+        Some(trap) => {
+            let reason = trap.to_string();
+            format!("the module trapped: {}", reason.strip_prefix("wasm trap: ").unwrap_or(&reason))
+        }
+        None => format!("the module failed: {e:#}"),
+    };
+    if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
+        let bt = bt.to_string();
+        text.push('\n');
+        text.push_str(bt.strip_prefix("error while executing at ").unwrap_or(&bt).trim_end());
+    }
+    text
+}
+
 #[async_trait::async_trait]
 impl Runtime for WasmRuntime {
     async fn invoke(&self, inv: &Invocation) -> Result<Response, InvokeError> {
@@ -459,13 +476,14 @@ impl Runtime for WasmRuntime {
         if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             return Err(InvokeError::timeout(inv.attempt_timeout).with_logs(logs));
         }
+        let trapped = describe_trap(&e);
         let message = match store.data().memory.refused {
             Some(wanted) => format!(
-                "memory limit of {} MiB reached (memory.grow to {} MiB refused), then: {e:#}",
+                "memory limit of {} MiB reached (memory.grow to {} MiB refused); then {trapped}",
                 self.memory_mb,
                 wanted.div_ceil(1 << 20)
             ),
-            None => format!("the module trapped: {e:#}"),
+            None => trapped,
         };
         Err(InvokeError::crashed(message).with_logs(logs))
     }
@@ -613,7 +631,12 @@ mod tests {
         let rt = deploy("trap.wat").await;
         let e = rt.invoke(&inv()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Crashed);
-        assert!(e.message.contains("unreachable"), "{}", e.message);
+        assert!(
+            e.message.starts_with("the module trapped: wasm `unreachable` instruction executed\n"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("\nwasm backtrace:\n"), "the backtrace follows: {}", e.message);
         assert_eq!(e.logs, "trap.wat: about to trap\n");
     }
 
