@@ -303,14 +303,33 @@ impl WasmRuntime {
         let pre = tokio::task::spawn_blocking(move || compile(&s, &bytes, memory_mb))
             .await
             .map_err(|e| format!("compilation did not finish: {e}"))??;
-        Ok(Self {
+        let runtime = Self {
             shared,
             pre,
             function: config.name.clone(),
             env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             memory_mb,
             live: Arc::new(AtomicUsize::new(0)),
-        })
+        };
+        // One trial instantiation (no `_start`) finds, now rather than at every invocation, what only
+        // instantiating shows: more memories or tables, or bigger ones, than the pool's slots hold.
+        let mut store = runtime.store(WasiCtxBuilder::new().build_p1(), config.timeout);
+        runtime.pre.instantiate_async(&mut store).await.map_err(|e| format!("cannot be instantiated: {e:#}"))?;
+        Ok(runtime)
+    }
+
+    /// A store for one instance: its WASI context, its memory cap, and its deadline (after which the
+    /// next epoch tick interrupts it; until then each tick yields to the executor).
+    fn store(&self, wasi: WasiP1Ctx, timeout: Duration) -> Store<State> {
+        let memory = MemoryCap { max_bytes: self.memory_limit_bytes(), refused: None };
+        let mut store = Store::new(&self.shared.engine, State { wasi, memory });
+        store.limiter(|s| &mut s.memory);
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store
     }
 
     /// Instances running now (one per invocation in flight).
@@ -444,14 +463,7 @@ impl Runtime for WasmRuntime {
             .args(&[&self.function])
             .envs(&self.env)
             .build_p1();
-        let memory = MemoryCap { max_bytes: self.memory_limit_bytes(), refused: None };
-        let mut store = Store::new(&self.shared.engine, State { wasi, memory });
-        store.limiter(|s| &mut s.memory);
-        let deadline = Instant::now() + inv.attempt_timeout;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-        });
+        let mut store = self.store(wasi, inv.attempt_timeout);
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -748,6 +760,14 @@ mod tests {
         assert!(e.contains("cannot be linked") && e.contains("launch"), "{e}");
         let e = err("(module (memory 4096) (func (export \"_start\")))").await;
         assert_eq!(e, "starts with 256 MiB of memory, more than its memory_mb (128)");
+        // What the pool's slots cannot hold.
+        let e = err("(module (memory 1) (memory 1) (func (export \"_start\")))").await;
+        assert!(e.contains("defined memories count of 2 exceeds the per-instance limit of 1"), "{e}");
+        let e = err("(module (table 30000 funcref) (func (export \"_start\")))").await;
+        assert!(e.contains("30000") && e.contains("exceeds"), "{e}");
+        // What only instantiating shows: a data segment outside its memory.
+        let e = err("(module (memory 1) (data (i32.const 70000) \"x\") (func (export \"_start\")))").await;
+        assert!(e.starts_with("cannot be instantiated") && e.contains("out of bounds"), "{e}");
         let e = err("(module (func (export \"_start\") (i32.add)))").await;
         assert!(e.starts_with("does not compile"), "{e}");
         let e = WasmRuntime::deploy(&config("missing.wasm")).await.unwrap_err();
