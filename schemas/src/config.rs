@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// The longest timeout a function may have.
 pub const MAX_FUNCTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest `memory_mb` of a `wasm` function: all a 32-bit linear memory can address.
+pub const MAX_WASM_MEMORY_MB: u64 = 4096;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -173,12 +175,15 @@ pub enum RuntimeKind {
     Node,
     /// Any program (`command`) that speaks the worker protocol (docs/worker-protocol.md).
     Process,
+    /// A WebAssembly command module (WASI preview 1, `module`) run by wasmtime: a fresh instance per
+    /// invocation, the request as JSON on stdin, the response on stdout, logs on stderr.
+    Wasm,
 }
 
 impl RuntimeKind {
     /// Whether functions of this kind run in worker processes.
     pub const fn is_process(self) -> bool {
-        !matches!(self, Self::Http)
+        matches!(self, Self::Python | Self::Node | Self::Process)
     }
 }
 
@@ -189,6 +194,7 @@ impl fmt::Display for RuntimeKind {
             Self::Python => "python",
             Self::Node => "node",
             Self::Process => "process",
+            Self::Wasm => "wasm",
         })
     }
 }
@@ -199,7 +205,7 @@ impl fmt::Display for RuntimeKind {
 pub struct FunctionConfig {
     /// Unique name: letters, digits, `-` and `_`, at most 63 characters.
     pub name: String,
-    /// `http`, `python`, `node` or `process`.
+    /// `http`, `python`, `node`, `process` or `wasm`.
     pub runtime: RuntimeKind,
     /// `http` only: the URL the event is POSTed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +229,10 @@ pub struct FunctionConfig {
     /// program path is taken from the config file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// `wasm` only: the WebAssembly module, a `.wasm` binary or a `.wat` text file (a relative path is
+    /// taken from the config file's folder). It must be a WASI preview 1 command (it exports `_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// Process runtimes: warm instances kept even when idle. Default 0 (scale to zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_instances: Option<usize>,
@@ -233,8 +243,8 @@ pub struct FunctionConfig {
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,
-    /// Process runtimes: memory limit per instance in MiB (RLIMIT_AS; for node, the V8 heap limit).
-    /// Default 256.
+    /// Memory limit per instance in MiB. Process runtimes: RLIMIT_AS (for node, the V8 heap limit),
+    /// default 256. `wasm`: the most linear memory an instance may grow to, default 128, at most 4096.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
     /// Process runtimes: CPU time limit per instance (RLIMIT_CPU, over the instance's whole life; an
@@ -257,7 +267,8 @@ pub struct FunctionConfig {
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
     /// Environment variables the function sees. For process runtimes this is the whole environment
-    /// (plus `PATH`, `HOME`, `LANG`): nothing of the broker's leaks in.
+    /// (plus `PATH`, `HOME`, `LANG`): nothing of the broker's leaks in. For `wasm` it is the whole
+    /// WASI environment (empty when unset).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -284,6 +295,7 @@ impl FunctionConfig {
             interpreter: None,
             typescript: None,
             command: None,
+            module: None,
             min_instances: None,
             max_instances: None,
             idle_timeout: None,
@@ -317,18 +329,19 @@ impl FunctionConfig {
             }
             Ok(())
         };
-        use RuntimeKind::{Http, Node, Process, Python};
+        use RuntimeKind::{Http, Node, Process, Python, Wasm};
         only("url", self.url.is_some(), &[Http])?;
         only("handler", self.handler.is_some(), &[Python, Node])?;
         only("entrypoint", self.entrypoint.is_some(), &[Python, Node])?;
         only("interpreter", self.interpreter.is_some(), &[Python, Node])?;
         only("typescript", self.typescript.is_some(), &[Node])?;
         only("command", self.command.is_some(), &[Process])?;
+        only("module", self.module.is_some(), &[Wasm])?;
         let procs = &[Python, Node, Process];
         only("min_instances", self.min_instances.is_some(), procs)?;
         only("max_instances", self.max_instances.is_some(), procs)?;
         only("idle_timeout", self.idle_timeout.is_some(), procs)?;
-        only("memory_mb", self.memory_mb.is_some(), procs)?;
+        only("memory_mb", self.memory_mb.is_some(), &[Python, Node, Process, Wasm])?;
         only("cpu_time", self.cpu_time.is_some(), procs)?;
         only("max_open_files", self.max_open_files.is_some(), procs)?;
         if self.max_instances == Some(0) {
@@ -342,6 +355,12 @@ impl FunctionConfig {
         }
         if self.memory_mb.is_some_and(|m| m < 16) {
             return Err(FieldError::new(format!("{at}.memory_mb"), "must be at least 16"));
+        }
+        if self.runtime == Wasm && self.memory_mb.is_some_and(|m| m > MAX_WASM_MEMORY_MB) {
+            return Err(FieldError::new(
+                format!("{at}.memory_mb"),
+                format!("must be at most {MAX_WASM_MEMORY_MB} for runtime `wasm` (a 32-bit linear memory)"),
+            ));
         }
         if self.max_open_files.is_some_and(|n| n < 16) {
             return Err(FieldError::new(format!("{at}.max_open_files"), "must be at least 16"));
@@ -370,6 +389,18 @@ impl FunctionConfig {
                     return Err(FieldError::new(
                         format!("{at}.command"),
                         "required for runtime `process`: [program, args...]",
+                    ));
+                }
+            }
+            RuntimeKind::Wasm => {
+                let module = self.module.as_deref().unwrap_or("");
+                if module.is_empty() {
+                    return Err(FieldError::new(format!("{at}.module"), "required for runtime `wasm`"));
+                }
+                if !(module.ends_with(".wasm") || module.ends_with(".wat")) {
+                    return Err(FieldError::new(
+                        format!("{at}.module"),
+                        format!("must be a .wasm or .wat file, got {module:?}"),
                     ));
                 }
             }
@@ -741,7 +772,7 @@ impl ConfigError {
 
 impl Config {
     /// Reads, substitutes `${ENV}`, parses and validates a configuration file.
-    /// Relative handler paths are resolved against the file's folder.
+    /// Relative handler and module paths are resolved against the file's folder.
     ///
     /// # Errors
     /// [`ConfigError`] naming the file, line and field.
@@ -751,7 +782,7 @@ impl Config {
         let mut config = Self::from_yaml_str(&text, &file, |k| std::env::var(k).ok())?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         for f in &mut config.functions {
-            for path in [&mut f.handler, &mut f.typescript].into_iter().flatten() {
+            for path in [&mut f.handler, &mut f.typescript, &mut f.module].into_iter().flatten() {
                 if Path::new(path.as_str()).is_relative() {
                     *path = base.join(path.as_str()).display().to_string();
                 }
@@ -1155,6 +1186,36 @@ triggers:
         assert_eq!(err.field(), Some("functions[0].url"));
         let err = parse("functions:\n  - name: a\n    runtime: lua\n").unwrap_err();
         assert!(err.to_string().contains("lua"), "{err}");
+    }
+
+    #[test]
+    fn wasm_fields_are_checked() {
+        let ok =
+            parse("functions:\n  - {name: w, runtime: wasm, module: f.wat, memory_mb: 64, env: {A: b}}\n").unwrap();
+        assert_eq!(ok.functions[0].module.as_deref(), Some("f.wat"));
+        let err = parse("functions:\n  - name: w\n    runtime: wasm\n").unwrap_err();
+        assert_eq!(err.field(), Some("functions[0].module"));
+        let err = parse("functions:\n  - {name: w, runtime: wasm, module: f.so}\n").unwrap_err();
+        assert_eq!(err.field(), Some("functions[0].module"));
+        assert!(err.to_string().contains(".wasm or .wat"), "{err}");
+        let err = parse("functions:\n  - {name: w, runtime: wasm, module: f.wasm, memory_mb: 5000}\n").unwrap_err();
+        assert_eq!(err.field(), Some("functions[0].memory_mb"));
+        let err = parse("functions:\n  - {name: w, runtime: wasm, module: f.wasm, min_instances: 1}\n").unwrap_err();
+        assert_eq!(err.field(), Some("functions[0].min_instances"));
+        let err = parse("functions:\n  - {name: p, runtime: python, handler: h.py, module: f.wasm}\n").unwrap_err();
+        assert_eq!(err.field(), Some("functions[0].module"));
+        assert!(err.to_string().contains("only valid with runtime `wasm`"), "{err}");
+    }
+
+    #[test]
+    fn relative_module_paths_are_the_config_files() {
+        let dir = std::env::temp_dir().join(format!("switchyard-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("switchyard.yaml");
+        std::fs::write(&path, "functions:\n  - {name: w, runtime: wasm, module: fns/hello.wat}\n").unwrap();
+        let c = Config::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.unwrap().functions[0].module.as_deref(), Some(dir.join("fns/hello.wat").to_str().unwrap()));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod process;
+pub mod wasm;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -210,7 +211,8 @@ pub struct DeployError {
 /// Builds the runtime a function's configuration asks for (the one explicit registry of runtimes).
 ///
 /// # Errors
-/// [`DeployError`] when the function cannot run (missing handler file, no interpreter).
+/// [`DeployError`] when the function cannot run (missing handler file, no interpreter, a module
+/// that does not compile).
 pub async fn build(config: &FunctionConfig, http: &reqwest::Client) -> Result<Arc<dyn Runtime>, DeployError> {
     match config.runtime {
         RuntimeKind::Http => Ok(Arc::new(http::HttpRuntime::new(config, http.clone())?)),
@@ -228,6 +230,7 @@ pub async fn build(config: &FunctionConfig, http: &reqwest::Client) -> Result<Ar
             })?;
             Ok(Arc::new(runtime))
         }
+        RuntimeKind::Wasm => Ok(Arc::new(wasm::WasmRuntime::deploy(config).await?)),
     }
 }
 

@@ -191,8 +191,9 @@ impl Drop for ProcessRuntime {
     }
 }
 
-/// The `context` a handler receives: the CloudEvent attributes, the function, the deadline.
-fn context(inv: &Invocation) -> Value {
+/// The `context` a handler receives: the CloudEvent attributes, the function, the deadline. The wasm
+/// runtime gives its modules the same.
+pub(crate) fn context(inv: &Invocation) -> Value {
     let mut ctx = inv.event.to_json_value();
     if let Some(map) = ctx.as_object_mut() {
         map.remove("data");
