@@ -81,24 +81,12 @@ async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>, metrics: std::sy
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Move the records out of the batch (no copy); later writes of one record win in the upsert.
         let (records, waiters): (Vec<EventRecord>, Vec<_>) = batch.drain(..).map(|w| (w.record, w.done)).unzip();
-        let mut result = Err(String::new());
         let started = std::time::Instant::now();
+        // `instrument`, never `span.enter()` across an `.await`: a guard held over an await leaves the
+        // span on whatever worker thread the task left, and later tasks there find a closed span as
+        // their parent (tracing-subscriber panics on it, killing that task).
         let span = tracing::debug_span!("record_write", records = records.len());
-        let _enter = span.enter();
-        for attempt in 1..=COMMIT_ATTEMPTS {
-            match store.upsert_batch(&records).await {
-                Ok(()) => {
-                    result = Ok(());
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, records = records.len(), error = %e, "record batch not committed");
-                    result = Err(e.to_string());
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                }
-            }
-        }
-        drop(_enter);
+        let result = commit(&store, &records).instrument(span).await;
         metrics.record_batch_size.observe(records.len() as f64);
         metrics.record_batch_duration.observe(started.elapsed().as_secs_f64());
         tracing::trace!(records = records.len(), "record batch committed");
@@ -110,4 +98,20 @@ async fn run(store: RecordStore, mut rx: mpsc::Receiver<Write>, metrics: std::sy
             }
         }
     }
+}
+
+/// Commits one batch, retrying a few times; the last error when every attempt failed.
+async fn commit(store: &RecordStore, records: &[EventRecord]) -> Result<(), String> {
+    let mut result = Err(String::new());
+    for attempt in 1..=COMMIT_ATTEMPTS {
+        match store.upsert_batch(records).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(attempt, records = records.len(), error = %e, "record batch not committed");
+                result = Err(e.to_string());
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+        }
+    }
+    result
 }
