@@ -83,7 +83,9 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
             .set("sasl.username", &sasl.username)
             .set("sasl.password", &sasl.password);
     }
-    c.set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's own `debug` contexts (a property) log at debug level: let them through.
+    let level = if config.properties.contains_key("debug") { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning };
+    c.set_log_level(level);
     c
 }
 
@@ -187,6 +189,19 @@ impl ConsumerContext for Callbacks {
                 );
             }
             Rebalance::Error(e) => tracing::warn!(source = %self.source, error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // librdkafka keeps a partition's application pause across unassign and assign, so a
+        // partition paused at the in-flight limit before a rebalance and given back to this member
+        // would stay paused for good. Our bookkeeping starts it unpaused: make librdkafka agree.
+        if let Rebalance::Assign(tpl) = rebalance {
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(source = %self.source, error = %e, "resume of assigned partitions failed");
+                }
+            }
         }
     }
 
