@@ -124,9 +124,22 @@ async fn wasm_functions_through_the_api_are_validated_at_deploy() {
     let dir = tempfile::tempdir().unwrap();
     let no_start = dir.path().join("lib.wat");
     std::fs::write(&no_start, "(module (func (export \"main\")))").unwrap();
+    // A module that does not deploy: 422, and the function stays in state Error with the reason.
     for (bad, expect) in [
         (json!({"name": "x", "runtime": "wasm", "module": no_start}), "exports no `_start`"),
         (json!({"name": "x", "runtime": "wasm", "module": module("nope.wasm")}), "cannot read module"),
+    ] {
+        let resp = b.http.post(b.url("/api/v1/functions")).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status(), 422, "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(expect), "{bad}: {text}");
+        let f: serde_json::Value = b.http.get(b.url("/api/v1/functions/x")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(f["state"], "Error", "{f}");
+        assert!(f["error"].as_str().unwrap().contains(expect), "{f}");
+        assert_eq!(b.http.delete(b.url("/api/v1/functions/x")).send().await.unwrap().status(), 204);
+    }
+    // An invalid configuration: 400 naming the field, and nothing is deployed.
+    for (bad, expect) in [
         (json!({"name": "x", "runtime": "wasm"}), "module"),
         (json!({"name": "x", "runtime": "wasm", "module": module("hog.wat"), "memory_mb": 8192}), "memory_mb"),
     ] {
