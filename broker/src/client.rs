@@ -233,10 +233,7 @@ impl Client {
     /// When the broker cannot be reached.
     pub async fn functions_list(&self) -> Result<()> {
         let v = self.json(self.req(reqwest::Method::GET, "/api/v1/functions")).await?;
-        println!(
-            "{:<20}  {:<8}  {:<9}  {:>9}  {:>9}  TARGET",
-            "NAME", "RUNTIME", "STATE", "MAX_CONC", "IN_FLIGHT"
-        );
+        println!("{:<20}  {:<8}  {:<9}  {:>9}  {:>9}  TARGET", "NAME", "RUNTIME", "STATE", "MAX_CONC", "IN_FLIGHT");
         for f in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
             let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
             let target = ["url", "handler", "module"]

@@ -83,7 +83,8 @@ async fn typescript_handlers_run_through_the_typescript_package() {
     let r = record(&b, &id).await;
     assert!(r.error_message.unwrap().starts_with("Error: typed failure"));
     // A syntax error fails the deployment with the file and position.
-    let bad = json!({"name": "tbad", "runtime": "node", "handler": testdata("node/ts/syntax_error.ts"), "typescript": ts});
+    let bad =
+        json!({"name": "tbad", "runtime": "node", "handler": testdata("node/ts/syntax_error.ts"), "typescript": ts});
     let resp = b.http.post(b.url("/api/v1/functions")).json(&bad).send().await.unwrap();
     assert_eq!(resp.status(), 422);
     let text = resp.text().await.unwrap();
@@ -244,7 +245,8 @@ async fn b_api_states() {
     let resp = b.http.post(b.url("/api/v1/functions/invoke/nox")).json(&json!({})).send().await.unwrap();
     assert_eq!(resp.status(), 200, "the previous version serves");
     // `?wait=false`: 202 with the deployment under way, then Ready.
-    let py = json!({"name": "later", "runtime": "python", "handler": python_handler("behaviours.py"), "entrypoint": "echo"});
+    let py =
+        json!({"name": "later", "runtime": "python", "handler": python_handler("behaviours.py"), "entrypoint": "echo"});
     let resp = b.http.post(b.url("/api/v1/functions?wait=false")).json(&py).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let f: Value = resp.json().await.unwrap();
@@ -260,7 +262,13 @@ async fn b_api_states() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Removing a function in state Error works.
-    let resp = b.http.put(b.url("/api/v1/functions/later")).json(&json!({"name": "later", "runtime": "python", "handler": python_handler("broken.py")})).send().await.unwrap();
+    let resp = b
+        .http
+        .put(b.url("/api/v1/functions/later"))
+        .json(&json!({"name": "later", "runtime": "python", "handler": python_handler("broken.py")}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
     assert_eq!(b.http.delete(b.url("/api/v1/functions/later")).send().await.unwrap().status(), 204);
     assert_eq!(b.http.get(b.url("/api/v1/functions/later")).send().await.unwrap().status(), 404);

@@ -11,5 +11,5 @@ pub mod runtime;
 pub mod stack;
 
 pub use dispatch::{
-    DispatchError, Deployment, Dispatcher, FunctionInfo, FunctionState, InvokeResult, RemoveError, Stats,
+    Deployment, DispatchError, Dispatcher, FunctionInfo, FunctionState, InvokeResult, RemoveError, Stats,
 };

@@ -108,10 +108,8 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = config.name.clone();
     let json = serde_json::to_string(&config).unwrap_or_default();
-    let deployment = state
-        .dispatcher
-        .begin_deploy(config)
-        .map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
+    let deployment =
+        state.dispatcher.begin_deploy(config).map_err(|e| ApiError::bad_request("invalid_function", e.to_string()))?;
     let show = |state: &AppState| serde_json::to_value(state.dispatcher.function(&name)).unwrap_or_default();
     if !wait {
         let info = show(state);

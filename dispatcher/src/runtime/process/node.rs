@@ -57,11 +57,7 @@ pub fn spec(config: &FunctionConfig) -> Result<Spawn, DeployError> {
 
 /// How a TypeScript handler runs: extra node flags, and the `typescript` package folder when the
 /// worker must transpile. Nothing for JavaScript handlers.
-fn typescript(
-    config: &FunctionConfig,
-    handler: &Path,
-    node: &Path,
-) -> Result<(Vec<String>, Option<PathBuf>), String> {
+fn typescript(config: &FunctionConfig, handler: &Path, node: &Path) -> Result<(Vec<String>, Option<PathBuf>), String> {
     let ext = handler.extension().and_then(|e| e.to_str()).unwrap_or("");
     if !matches!(ext, "ts" | "mts" | "cts") {
         return Ok((Vec::new(), None));
