@@ -1,5 +1,6 @@
-//! Cold start and warm invoke latency of the process runtimes (python, node), next to the baseline
-//! of spawning `python3` / `node` once per event to run the same handler, measured in one run.
+//! Cold start and warm invoke latency of the python, node and wasm runtimes, next to the baseline
+//! of spawning a process once per event (`python3` / `node` running the same handler; for wasm, `cat`
+//! echoing the request, the cheapest process there is), all measured in one run.
 //!
 //! Run: `cargo bench -p switchyard-dispatcher --bench runtimes`. Under `cargo test` it runs a few
 //! iterations as a smoke test.
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_dispatcher::runtime::process::{self, ProcessRuntime, Worker};
+use switchyard_dispatcher::runtime::wasm::WasmRuntime;
 use switchyard_dispatcher::runtime::{Invocation, Progress, Runtime};
 use switchyard_schemas::config::{FunctionConfig, RuntimeKind};
 use switchyard_schemas::{CloudEvent, Data};
@@ -107,12 +109,40 @@ async fn main() {
         let baseline = spawn_per_event(&program, &args, cold_n).await;
         rows.push((kind, stats(cold), stats(warm), stats(baseline)));
     }
-    println!("\nprocess runtimes: cold start ({cold_n} runs), warm invoke ({warm_n} runs), spawn-per-event baseline ({cold_n} runs)\n");
+    // wasm: cold start = deploy (read, compile, link) and the first invocation; warm = a fresh
+    // instance per invocation (what every wasm invocation is).
+    let mut config = FunctionConfig::new("bench", RuntimeKind::Wasm);
+    config.module = Some(testdata("functions/wasm/hello.wat"));
+    let keep = WasmRuntime::deploy(&config).await.unwrap(); // keeps the shared engine up, as in a broker
+    let inv = invocation();
+    let mut cold = Vec::with_capacity(cold_n);
+    for _ in 0..cold_n {
+        let t = Instant::now();
+        let rt = WasmRuntime::deploy(&config).await.unwrap();
+        rt.invoke(&inv).await.unwrap();
+        cold.push(t.elapsed());
+    }
+    for _ in 0..50 {
+        keep.invoke(&inv).await.unwrap();
+    }
+    let mut warm = Vec::with_capacity(warm_n);
+    for _ in 0..warm_n {
+        let t = Instant::now();
+        keep.invoke(&inv).await.unwrap();
+        warm.push(t.elapsed());
+    }
+    // Baseline: one `cat` per event printing the request (no interpreter at all).
+    let request = std::env::temp_dir().join(format!("switchyard-bench-{}.json", std::process::id()));
+    std::fs::write(&request, r#"{"event": {"name": "Ada"}, "context": {}}"#).unwrap();
+    let baseline = spawn_per_event("cat", &[request.display().to_string()], cold_n).await;
+    let _ = std::fs::remove_file(&request);
+    rows.push((RuntimeKind::Wasm, stats(cold), stats(warm), stats(baseline)));
+    println!("\nruntimes: cold start ({cold_n} runs), warm invoke ({warm_n} runs), spawn-per-event baseline ({cold_n} runs)\n");
     println!("| runtime | cold start p50 ms | p99 ms | warm invoke p50 ms | p99 ms | spawn per event p50 ms | p99 ms | warm speed-up vs spawn (p50) |");
     println!("|---|---|---|---|---|---|---|---|");
     for (kind, c, w, b) in rows {
         println!(
-            "| {kind} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0}x |",
+            "| {kind} | {:.2} | {:.2} | {:.4} | {:.4} | {:.2} | {:.2} | {:.0}x |",
             c.0,
             c.1,
             w.0,
