@@ -25,7 +25,7 @@ async fn node_esm_and_commonjs_handlers() {
     let esm = testdata("node/esm.mjs");
     let cjs = testdata("node/commonjs.cjs");
     let b = broker(&format!(
-        "functions:\n  - {{name: esm, runtime: node, handler: '{esm}'}}\n  - {{name: cjs, runtime: node, handler: '{cjs}'}}\n  - {{name: fail, runtime: node, handler: '{esm}', entrypoint: fail}}\n  - {{name: slow, runtime: node, handler: '{esm}', entrypoint: slow, timeout: 1s}}\n  - {{name: env, runtime: node, handler: '{esm}', entrypoint: env, env: {{GREETING: hi}}}}\n"
+        "functions:\n  - {{name: esm, runtime: node, handler: '{esm}'}}\n  - {{name: cjs, runtime: node, handler: '{cjs}'}}\n  - {{name: fail, runtime: node, handler: '{esm}', entrypoint: fail}}\n  - {{name: slow, runtime: node, handler: '{esm}', entrypoint: slow, timeout: 1s}}\n  - {{name: env, runtime: node, handler: '{esm}', entrypoint: env, env: {{GREETING: hi}}}}\n  - {{name: crash, runtime: node, handler: '{esm}', entrypoint: crash}}\n"
     ))
     .await;
     let (status, body, id) = invoke(&b, "esm", json!({"name": "Ada"})).await;
@@ -49,6 +49,10 @@ async fn node_esm_and_commonjs_handlers() {
     );
     let (_, env, _) = invoke(&b, "env", json!({})).await;
     assert_eq!((env["secret"].clone(), env["declared"].clone()), (Value::Null, json!("hi")));
+    let (status, _, id) = invoke(&b, "crash", json!({})).await;
+    assert_eq!(status, 502);
+    assert_eq!(record(&b, &id).await.error_kind, Some(ErrorKind::Crashed));
+    assert_eq!(invoke(&b, "esm", json!({})).await.0, 200, "other functions are untouched");
     b.running.shutdown().await;
 }
 
@@ -99,13 +103,39 @@ async fn typescript_handlers_run_through_the_typescript_package() {
 
 #[tokio::test]
 async fn custom_process_runtime_speaks_the_protocol() {
+    std::env::set_var("SWITCHYARD_TEST_SECRET", "broker-secret");
     let perl = testdata("process/echo.pl");
-    let b = broker(&format!("functions:\n  - {{name: perl, runtime: process, command: ['perl', '{perl}']}}\n")).await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: perl, runtime: process, command: ['perl', '{perl}'], timeout: 1s, memory_mb: 64, env: {{GREETING: hi}}}}\n"
+    ))
+    .await;
     let (status, body, id) = invoke(&b, "perl", json!({"a": [1, 2]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"echo": {"a": [1, 2]}, "runtime": "perl"}));
     let r = record(&b, &id).await;
     assert!(r.logs.unwrap().contains("perl worker handling"));
+    // Handler error: the worker's error object, permanent as it says.
+    let (status, _, id) = invoke(&b, "perl", json!({"do": "fail"})).await;
+    assert_eq!(status, 500);
+    let r = record(&b, &id).await;
+    assert_eq!(r.error_kind, Some(ErrorKind::Handler));
+    assert!(r.error_message.unwrap().starts_with("PerlError: perl says no"));
+    // Crash: only this invocation fails; the next one gets a new worker.
+    let (status, _, id) = invoke(&b, "perl", json!({"do": "crash"})).await;
+    assert_eq!(status, 502);
+    assert_eq!(record(&b, &id).await.error_kind, Some(ErrorKind::Crashed));
+    // Timeout: the worker is killed and replaced.
+    let (status, _, id) = invoke(&b, "perl", json!({"do": "sleep"})).await;
+    assert_eq!(status, 504);
+    assert_eq!(record(&b, &id).await.error_kind, Some(ErrorKind::Timeout));
+    // Memory hog: RLIMIT_AS stops it (perl dies "Out of memory"), only its own invocation fails.
+    let (status, _, id) = invoke(&b, "perl", json!({"do": "hog"})).await;
+    assert_eq!(status, 502);
+    assert_eq!(record(&b, &id).await.error_kind, Some(ErrorKind::Crashed));
+    // Environment: only what the function declares.
+    let (status, env, _) = invoke(&b, "perl", json!({"do": "env"})).await;
+    assert_eq!(status, 200);
+    assert_eq!((env["secret"].clone(), env["declared"].clone()), (Value::Null, json!("hi")));
     b.running.shutdown().await;
 }
 

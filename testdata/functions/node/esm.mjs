@@ -22,3 +22,7 @@ export async function hog() {
 export async function env() {
   return { secret: process.env.SWITCHYARD_TEST_SECRET ?? null, declared: process.env.GREETING ?? null, pid: process.pid };
 }
+
+export async function crash() {
+  process.exit(3);
+}
