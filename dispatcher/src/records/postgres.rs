@@ -217,6 +217,19 @@ impl Postgres {
         Ok(done.rows_affected())
     }
 
+    pub(crate) async fn prune_claims(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM source_claims WHERE ctid IN
+             (SELECT ctid FROM source_claims WHERE claimed_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(q("prune claims"))?;
+        Ok(done.rows_affected())
+    }
+
     pub(crate) async fn close(&self) {
         self.pool.close().await;
     }

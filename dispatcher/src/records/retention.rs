@@ -1,5 +1,6 @@
 //! Retention: terminal records older than `records.retention` are deleted in the background, a bounded
-//! batch at a time so the writer is never starved. PENDING records are never deleted.
+//! batch at a time so the writer is never starved. PENDING records are never deleted. Sources'
+//! once-only claims (one row per cron tick) older than the retention go too.
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ pub fn interval(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600))
 }
 
-/// Deletes every terminal record received before `now - retention`; returns how many.
+/// Deletes every terminal record received before `now - retention`, and every source claim made
+/// before then; returns how many records.
 ///
 /// # Errors
 /// The store's error (what was deleted before it stays deleted).
@@ -27,10 +29,14 @@ pub async fn prune_once(store: &RecordStore, retention: Duration) -> Result<u64,
         let n = store.prune(cutoff, BATCH).await?;
         total += n;
         if n < u64::from(BATCH) {
-            return Ok(total);
+            break;
         }
         tokio::task::yield_now().await;
     }
+    while store.prune_claims(cutoff, BATCH).await? == u64::from(BATCH) {
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
 }
 
 /// Runs [`prune_once`] every [`interval`] until `stop` is cancelled.

@@ -276,6 +276,15 @@ impl RecordStore {
         each!(self, s => s.find_success(source, event_id, trigger, since).await)
     }
 
+    /// Deletes up to `limit` once-only claims of sources (cron ticks) made before `cutoff`; returns
+    /// how many. A claim that old is never asked for again: the source's state has moved past it.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn prune_claims(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        each!(self, s => s.prune_claims(cutoff, limit).await)
+    }
+
     /// Deletes up to `limit` terminal records received before `cutoff` (retention); returns how many.
     ///
     /// # Errors
@@ -397,6 +406,15 @@ mod tests {
         assert!(store.get(old.id).await.unwrap().is_none());
         assert!(store.get(pending.id).await.unwrap().is_some());
         assert_eq!(store.prune(Utc::now() + chrono::Duration::hours(1), 100).await.unwrap(), 1, "PENDING is kept");
+        // Source claims older than the cutoff go; a pruned claim's key could be claimed again, but no
+        // source asks for it: its state has moved past that tick.
+        use switchyard_connectors::SourceState as _;
+        assert!(store.claim("cron", "tick-1").await.unwrap());
+        assert!(!store.claim("cron", "tick-1").await.unwrap(), "claimed once");
+        assert_eq!(store.prune_claims(hour_ago, 100).await.unwrap(), 0, "a new claim is kept");
+        assert_eq!(store.prune_claims(Utc::now() + chrono::Duration::seconds(1), 100).await.unwrap(), 1);
+        // And through retention (nothing is older than an hour now).
+        assert_eq!(super::super::retention::prune_once(&store, std::time::Duration::from_secs(3600)).await.unwrap(), 0);
     }
 
     #[tokio::test]
