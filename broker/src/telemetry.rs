@@ -123,10 +123,30 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
     };
     let otel = provider.as_ref().map(otel_layer);
     tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    log_panics();
     if let Some(e) = telemetry.and_then(endpoint) {
         tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry { provider })
+}
+
+/// Panics also go to the log (as ERROR, JSON when the log is JSON), not only to stderr's default
+/// message: a panicking task stops only itself, and what it was doing (an ack, a record) is then
+/// left unfinished, so it must be visible where operators look.
+fn log_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, "panic: {message}");
+        previous(info);
+    }));
 }
 
 /// The OpenTelemetry context a W3C `traceparent` (and `tracestate`) value names: the parent of the
@@ -166,4 +186,39 @@ pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schem
         let _ = span.set_parent(remote_parent(tp, state));
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn panics_are_logged_as_errors() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).with_ansi(false).finish();
+        super::log_panics();
+        tracing::subscriber::with_default(subscriber, || {
+            let r = std::panic::catch_unwind(|| panic!("the ack task lost its way"));
+            assert!(r.is_err());
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("\"level\":\"ERROR\""), "{text}");
+        assert!(text.contains("panic: the ack task lost its way"), "{text}");
+        assert!(text.contains("telemetry.rs"), "the location is logged: {text}");
+    }
 }
