@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use switchyard_connectors::cron::CronSource;
+use switchyard_connectors::cron::{CronHandle, CronSource};
 use switchyard_connectors::{Delivery, Outcome, Source, SourceContext, SourceState};
 use switchyard_dispatcher::records::RecordStore;
 use switchyard_schemas::sources::cron::CronSourceConfig;
@@ -52,6 +52,7 @@ fn rss_mib() -> f64 {
 }
 
 struct Phase {
+    handles: Vec<CronHandle>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     consumer: tokio::task::JoinHandle<Vec<f64>>,
@@ -63,10 +64,12 @@ fn start(prefix: &str, n: usize, schedule: impl Fn(usize) -> String, state: &Arc
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel::<Delivery>(4096);
+    let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{prefix}-{i}");
         let config = CronSourceConfig { name: name.clone(), schedule: schedule(i), ..CronSourceConfig::default() };
         let source = Box::new(CronSource::new(config));
+        handles.push(source.handle());
         let ctx =
             SourceContext { deliveries: tx.clone(), shutdown: shutdown.child_token(), name, state: Arc::clone(state) };
         tracker.spawn(async move {
@@ -88,10 +91,17 @@ fn start(prefix: &str, n: usize, schedule: impl Fn(usize) -> String, state: &Arc
         }
         late
     });
-    Phase { shutdown, tracker, consumer }
+    Phase { handles, shutdown, tracker, consumer }
 }
 
 impl Phase {
+    /// Waits until every source has read its state and runs its tick loop.
+    async fn started(&self) {
+        while !self.handles.iter().all(|h| h.status().running) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn stop(self) -> Vec<f64> {
         self.shutdown.cancel();
         self.tracker.wait().await;
@@ -133,7 +143,7 @@ async fn main() {
     // Many schedules loaded but not due (yearly): idle CPU and RSS, measured before the firing
     // phase so the RSS is that of 10,000 loaded schedules, not the allocator's high-water mark.
     let phase = start("idle", many, |_| "@yearly".to_owned(), &state);
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the sources start
+    phase.started().await;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs.max(2) as u64)).await;
@@ -144,6 +154,7 @@ async fn main() {
     // Many schedules, each every minute at second i % 60: about many/60 ticks per second.
     let t_start = Instant::now();
     let phase = start("many", many, |i| format!("{} * * * * *", i % 60), &state);
+    phase.started().await;
     let startup = t_start.elapsed();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
