@@ -5,40 +5,21 @@
 //! Run: `cargo bench -p switchyard-dispatcher --bench runtimes`. Under `cargo test` it runs a few
 //! iterations as a smoke test.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use switchyard_dispatcher::runtime::process::{self, ProcessRuntime, Worker};
 use switchyard_dispatcher::runtime::wasm::WasmRuntime;
-use switchyard_dispatcher::runtime::{Invocation, Progress, Runtime};
+use switchyard_dispatcher::runtime::Runtime;
 use switchyard_schemas::config::{FunctionConfig, RuntimeKind};
-use switchyard_schemas::{CloudEvent, Data};
 
 fn testdata(path: &str) -> String {
     format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn invocation() -> Invocation {
-    let mut e = CloudEvent::new("b-1", "/bench", "bench");
-    e.datacontenttype = Some("application/json".into());
-    e.data = Some(Data::Json(serde_json::json!({"name": "Ada"})));
-    Invocation {
-        event: Arc::new(e),
-        function: Arc::from("bench"),
-        trigger: Arc::from("bench"),
-        record_id: uuid::Uuid::now_v7(),
-        attempt: 1,
-        attempt_timeout: Duration::from_secs(30),
-        deadline: None,
-        traceparent: String::new(),
-        progress: Arc::new(Progress::default()),
-    }
-}
-
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
-    (at(0.5), at(0.99))
+fn stats(v: Vec<Duration>) -> (f64, f64) {
+    support::percentiles(v, 1e-3)
 }
 
 async fn spawn_per_event(program: &str, args: &[String], n: usize) -> Vec<Duration> {
@@ -71,13 +52,13 @@ async fn main() {
         for _ in 0..cold_n {
             let t = Instant::now();
             let mut w = Worker::start(&spec).await.unwrap();
-            let inv = invocation();
+            let inv = support::invocation();
             w.call(inv.event.data_for_handler(), serde_json::json!({"type": "bench"})).await.unwrap();
             cold.push(t.elapsed());
         }
         // Warm: invocations through the runtime (pool checkout, protocol, logs mark, response mapping).
         let runtime = ProcessRuntime::deploy(spec.clone(), 1, Duration::from_secs(600)).await.unwrap();
-        let inv = invocation();
+        let inv = support::invocation();
         for _ in 0..50 {
             runtime.invoke(&inv).await.unwrap();
         }
@@ -114,7 +95,7 @@ async fn main() {
     let mut config = FunctionConfig::new("bench", RuntimeKind::Wasm);
     config.module = Some(testdata("functions/wasm/hello.wat"));
     let keep = WasmRuntime::deploy(&config).await.unwrap(); // keeps the shared engine up, as in a broker
-    let inv = invocation();
+    let inv = support::invocation();
     let mut cold = Vec::with_capacity(cold_n);
     for _ in 0..cold_n {
         let t = Instant::now();

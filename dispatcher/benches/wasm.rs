@@ -7,44 +7,24 @@
 //! Run: `cargo bench -p switchyard-dispatcher --bench wasm`. Under `cargo test` it runs a few
 //! iterations as a smoke test.
 
+mod support;
+
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 use switchyard_dispatcher::runtime::wasm::WasmRuntime;
-use switchyard_dispatcher::runtime::{Invocation, Progress, Response, Runtime};
+use switchyard_dispatcher::runtime::{Invocation, Response, Runtime};
 use switchyard_schemas::config::{FunctionConfig, RuntimeKind};
-use switchyard_schemas::{CloudEvent, Data};
 use tokio::io::AsyncWriteExt;
 
 fn module(file: &str) -> String {
     format!("{}/../testdata/functions/wasm/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn invocation() -> Invocation {
-    let mut e = CloudEvent::new("b-1", "/bench", "bench");
-    e.datacontenttype = Some("application/json".into());
-    e.data = Some(Data::Json(json!({"name": "Ada"})));
-    Invocation {
-        event: Arc::new(e),
-        function: Arc::from("bench"),
-        trigger: Arc::from("bench"),
-        record_id: uuid::Uuid::now_v7(),
-        attempt: 1,
-        attempt_timeout: Duration::from_secs(30),
-        deadline: None,
-        traceparent: String::new(),
-        progress: Arc::new(Progress::default()),
-    }
-}
-
-/// p50 and p99 in microseconds.
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
-    (at(0.5), at(0.99))
+fn stats(v: Vec<Duration>) -> (f64, f64) {
+    support::percentiles(v, 1e-6)
 }
 
 /// The request a module gets, built and serialized; then hello.wat's answer parsed and mapped.
@@ -88,7 +68,7 @@ async fn spawn_per_event(n: usize, request: &[u8]) -> Vec<Duration> {
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let (warm_n, cold_n, spawn_n) = if bench { (20_000, 50, 500) } else { (20, 2, 3) };
-    let inv = invocation();
+    let inv = support::invocation();
     let mut rows = Vec::new();
     for file in ["hello.wat", "rust/echo.wasm"] {
         let mut config = FunctionConfig::new("bench", RuntimeKind::Wasm);
