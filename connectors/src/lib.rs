@@ -234,6 +234,22 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Fixtures the bindings' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use switchyard_schemas::{CloudEvent, Data, ExtensionValue};
+
+    /// A JSON event with a subject, non-ASCII data and one extension: what every binding must round-trip.
+    pub(crate) fn sample_event() -> CloudEvent {
+        let mut e = CloudEvent::new("id-1", "/shop", "com.example.order");
+        e.subject = Some("orders/1".into());
+        e.datacontenttype = Some("application/json".into());
+        e.data = Some(Data::Json(serde_json::json!({"n": 1, "name": "Zoë"})));
+        e.extensions.insert("tenant".into(), ExtensionValue::String("acme".into()));
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,14 +254,7 @@ mod tests {
         h.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice()))).collect()
     }
 
-    fn sample() -> CloudEvent {
-        let mut e = CloudEvent::new("id-1", "/shop", "com.example.order");
-        e.subject = Some("orders/1".into());
-        e.datacontenttype = Some("application/json".into());
-        e.data = Some(Data::Json(serde_json::json!({"n": 1, "name": "Zoë"})));
-        e.extensions.insert("tenant".into(), ExtensionValue::String("acme".into()));
-        e
-    }
+    use crate::test_support::sample_event as sample;
 
     #[test]
     fn binary_round_trip_and_key_becomes_partitionkey() {
