@@ -267,6 +267,52 @@ async fn ack_resolves_only_after_terminal_records_are_durable() {
 }
 
 #[tokio::test]
+async fn ordered_deliveries_wait_their_turn_and_a_withdrawn_one_leaves_no_record() {
+    use std::sync::Arc;
+    use switchyard_connectors::{Delivery, OrderKey, Outcome};
+    use switchyard_schemas::config::Ordering;
+    use switchyard_schemas::CloudEvent;
+    let fs = function_server().await;
+    let b = broker(&format!(
+        "functions:\n  - {{name: gated, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: gated, ordering: partition}}\n",
+        fs.url("/gate")
+    ))
+    .await;
+    let d = &b.running.dispatcher;
+    let order = OrderKey { stream: Arc::from("orders/0"), key: None, default: Ordering::Key };
+    let send = |id: &str| {
+        let withdraw = tokio_util::sync::CancellationToken::new();
+        let (delivery, ack) = Delivery::new(CloudEvent::new(id, "/t", "x"));
+        (delivery.with_order(order.clone(), withdraw.clone()), ack, withdraw)
+    };
+    let (first, first_ack, _) = send("o1");
+    let (second, second_ack, withdraw) = send("o2");
+    let (third, third_ack, _) = send("o3");
+    let started = fs.seen.slow_started.notified();
+    d.dispatch(first).await.unwrap();
+    started.await;
+    d.dispatch(second).await.unwrap();
+    d.dispatch(third).await.unwrap();
+    // o2 and o3 wait behind o1 (one at a time per partition): o2 is withdrawn before its turn.
+    withdraw.cancel();
+    assert_eq!(second_ack.outcome().await, Outcome::Abandoned, "a withdrawn delivery is redelivered");
+    assert_eq!((fs.calls("o2"), fs.calls("o3")), (0, 0), "nothing ran while o1 held the partition");
+    // o1 finishes; o3 takes the turn o2 gave up.
+    let started = fs.seen.slow_started.notified();
+    fs.seen.gate.notify_one();
+    assert_eq!(first_ack.outcome().await, Outcome::Completed { invocations: 1, failed: 0 });
+    started.await;
+    fs.seen.gate.notify_one();
+    assert_eq!(third_ack.outcome().await, Outcome::Completed { invocations: 1, failed: 0 });
+    let rs = d.store().list(&RecordQuery { limit: 10, ..RecordQuery::default() }).await.unwrap();
+    let mut ids: Vec<&str> = rs.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["o1", "o3"], "the withdrawn delivery has no record");
+    assert_eq!(fs.calls("o2"), 0);
+    b.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn skipped_and_cancelled_deliveries_are_recorded() {
     use switchyard_connectors::{Delivery, Outcome};
     use switchyard_schemas::CloudEvent;

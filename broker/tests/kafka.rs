@@ -143,6 +143,58 @@ async fn poison_message_is_dead_lettered_while_its_partition_moves_on() {
 }
 
 #[tokio::test]
+async fn each_trigger_orders_its_own_invocations() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(t) = Tansu::start() else { return };
+    let topic = unique("syord");
+    create_topic(&t.bootstrap, &topic, 2).await;
+    let p = producer(&t.bootstrap);
+    let (keys, per_key) = (4_usize, 20);
+    for i in 0..per_key {
+        for k in 0..keys {
+            let value = format!("{{\"k\": \"k{k}\", \"i\": {i}}}");
+            // Keys k0 and k2 on partition 0, k1 and k3 on partition 1.
+            produce(&p, &topic, Some(k as i32 % 2), Some(format!("k{k}").as_bytes()), &[], Some(value.as_bytes()))
+                .await;
+        }
+    }
+    // One topic, three triggers: the source's default (key), `none` and `partition`.
+    let (by_key, unordered, by_partition) = (function_server().await, function_server().await, function_server().await);
+    let b = broker(&format!(
+        "sources:\n  - {{type: kafka, name: k, bootstrap_servers: ['{}'], topics: [{topic}], group: {}, \
+         start_offset: earliest}}\n\
+         functions:\n  - {{name: fk, runtime: http, url: '{}', max_concurrency: 64}}\n  \
+         - {{name: fn, runtime: http, url: '{}', max_concurrency: 64}}\n  - {{name: fp, runtime: http, url: '{}', max_concurrency: 64}}\n\
+         triggers:\n  - {{name: tk, function: fk}}\n  - {{name: tn, function: fn, ordering: none}}\n  \
+         - {{name: tp, function: fp, ordering: partition}}\n",
+        t.bootstrap,
+        unique("g"),
+        by_key.url("/lanes/20"),
+        unordered.url("/lanes/20"),
+        by_partition.url("/lanes/20"),
+    ))
+    .await;
+    let total = keys * per_key;
+    let records = b.wait_terminal(RecordQuery::default(), 3 * total).await;
+    assert!(records.iter().all(|r| r.status == Status::Success));
+    let in_order = |fs: &common::FunctionServer| {
+        let arrivals = fs.seen.arrivals.lock().unwrap();
+        assert_eq!(arrivals.len(), keys);
+        arrivals.iter().all(|(_, seq)| *seq == (0..per_key as u64).collect::<Vec<_>>())
+    };
+    // key: one call at a time per key, in order, while keys run in parallel.
+    assert!(in_order(&by_key), "per-key order: {:?}", by_key.seen.arrivals.lock().unwrap());
+    assert_eq!(by_key.seen.max_same_key.load(SeqCst), 1, "two calls of one key at once");
+    assert!(by_key.seen.max_running.load(SeqCst) >= 2, "different keys ran in parallel");
+    // partition: one call at a time per partition (so also per key, in order).
+    assert!(in_order(&by_partition));
+    assert_eq!(by_partition.seen.max_same_partition.load(SeqCst), 1, "two calls of one partition at once");
+    assert!(by_partition.seen.max_running.load(SeqCst) >= 2, "the two partitions ran in parallel");
+    // none: the same messages, calls of one key overlap (the other triggers did not hold them back).
+    assert!(unordered.seen.max_same_key.load(SeqCst) >= 2, "ordering: none ran one key's messages in parallel");
+}
+
+#[tokio::test]
 async fn dead_letters_are_produced_to_a_kafka_topic() {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;

@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use memory_state::MemoryState;
+use switchyard_schemas::config::Ordering;
 use switchyard_schemas::CloudEvent;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -96,13 +97,31 @@ pub struct Delivery {
     /// is not invoked; each matched trigger gets a FAILURE record, dead-lettered, with error kind
     /// `decode` and this message.
     pub undecodable: Option<String>,
+    /// Where the message sits in an ordered stream (a Kafka partition and record key). Each matched
+    /// trigger orders its invocations by it according to its `ordering`; `None`: no order.
+    pub order: Option<OrderKey>,
+    /// When cancelled, invocations that have not started yet (waiting for their turn in an ordered
+    /// lane) are not made and not recorded, and the delivery resolves [`Outcome::Abandoned`] so the
+    /// message is redelivered (a Kafka partition revoked from this member).
+    pub withdraw: Option<CancellationToken>,
+}
+
+/// The position of a message in an ordered stream, for per-trigger ordering.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrderKey {
+    /// The ordered stream, e.g. `orders/3` for partition 3 of topic `orders`.
+    pub stream: Arc<str>,
+    /// The message's key within the stream (a Kafka record key), when it has one.
+    pub key: Option<Arc<[u8]>>,
+    /// The ordering for triggers that set none (the source's `ordering`).
+    pub default: Ordering,
 }
 
 impl Delivery {
     /// A delivery and the receiver its source awaits.
     pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
         let (ack, rx) = Ack::pair();
-        (Self { event, ack, skip: None, cancel: None, undecodable: None }, rx)
+        (Self { event, ack, skip: None, cancel: None, undecodable: None, order: None, withdraw: None }, rx)
     }
 
     /// A delivery that is recorded as SKIPPED (with `reason`) instead of invoked.
@@ -118,6 +137,14 @@ impl Delivery {
         let (mut d, rx) = Self::new(event);
         d.undecodable = Some(error.into());
         (d, rx)
+    }
+
+    /// Places the delivery in an ordered stream; `withdraw` takes back what has not started yet.
+    #[must_use]
+    pub fn with_order(mut self, order: OrderKey, withdraw: CancellationToken) -> Self {
+        self.order = Some(order);
+        self.withdraw = Some(withdraw);
+        self
     }
 
     /// Lets the source cancel the delivery's running invocations with `token`.

@@ -16,7 +16,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use switchyard_connectors::kafka::binding;
 use switchyard_connectors::{build, Delivery, MemoryState, Outcome, SourceContext};
-use switchyard_schemas::config::SourceConfig;
+use switchyard_schemas::config::{Ordering, SourceConfig};
 use switchyard_schemas::{CloudEvent, Data, ExtensionValue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +161,7 @@ async fn undecodable_record_is_dead_lettered_with_its_error_and_the_partition_mo
     let bad = vec![("ce_specversion".to_owned(), b"1.0".to_vec()), ("ce_id".to_owned(), b"x".to_vec())];
     produce(&p, &topic, None, Some(b"k"), &bad, Some(b"{}")).await;
     produce(&p, &topic, None, Some(b"k"), &[], Some(b"after")).await;
-    let mut s = start(&source_yaml(&t.bootstrap, &topic, &group, "ordering: partition\n"));
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &group, ""));
     let mut d = s.next(30).await;
     let reason = d.undecodable.clone().expect("marked undecodable");
     assert!(reason.contains("source"), "{reason}");
@@ -205,13 +205,16 @@ async fn abandoned_messages_are_not_committed_and_come_back() {
     for i in 0..3 {
         produce(&p, &topic, Some(0), None, &[], Some(format!("m{i}").as_bytes())).await;
     }
-    let yaml = source_yaml(&t.bootstrap, &topic, &group, "ordering: partition\n");
+    // One message in flight at a time.
+    let yaml = source_yaml(&t.bootstrap, &topic, &group, "max_in_flight: 1\n");
     let mut s = start(&yaml);
     let mut d = s.next(30).await;
     d.ack.resolve(DONE);
     let mut d = s.next(10).await;
-    // Shutdown: the dispatcher gives up on the running message.
+    // Shutdown: what has not started is withdrawn, and the dispatcher gives up on the running message.
     s.stop.cancel();
+    let withdraw = d.withdraw.clone().expect("a withdraw token");
+    tokio::time::timeout(Duration::from_secs(10), withdraw.cancelled()).await.expect("withdrawn at shutdown");
     d.ack.resolve(Outcome::Abandoned);
     s.stop().await;
     wait_committed(&t.bootstrap, &group, &topic, &BTreeMap::from([(0, 1)])).await;
@@ -223,7 +226,7 @@ async fn abandoned_messages_are_not_committed_and_come_back() {
 }
 
 #[tokio::test]
-async fn per_key_order_holds_while_keys_run_in_parallel() {
+async fn messages_are_handed_on_in_partition_order_with_their_partition_and_key() {
     let Some((t, topic, p)) = tansu_topic(2).await else { return };
     let keys = ["a", "b", "c", "d"];
     for i in 0..20 {
@@ -231,39 +234,43 @@ async fn per_key_order_holds_while_keys_run_in_parallel() {
             produce(&p, &topic, None, Some(k.as_bytes()), &[], Some(format!("{k}-{i}").as_bytes())).await;
         }
     }
-    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), "ordering: key\nmax_in_flight: 100\n"));
-    let mut open: HashMap<String, Delivery> = HashMap::new();
+    produce(&p, &topic, Some(0), None, &[], Some(b"keyless")).await;
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), "ordering: partition\nmax_in_flight: 100\n"));
+    // The source does not wait for a key's previous message (each trigger orders its own
+    // invocations in the dispatcher): all 81 arrive while none is finished, every key in order, each
+    // carrying its partition, key and the source's default ordering.
     let mut next_seq: HashMap<String, usize> = HashMap::new();
-    let mut max_parallel = 0;
-    let mut done = 0;
-    while done < 80 {
-        // Take whatever is ready: never two of one key at once, and every key's messages in order.
-        let d = if open.is_empty() {
-            Some(s.next(30).await)
-        } else {
-            tokio::time::timeout(Duration::from_millis(200), s.rx.recv()).await.ok().flatten()
-        };
-        match d {
-            Some(d) => {
-                let key = d.event.extensions["partitionkey"].to_string();
-                let Some(Data::Binary(b)) = &d.event.data else { panic!("data") };
-                let text = String::from_utf8(b.to_vec()).unwrap();
+    let mut open = Vec::new();
+    let mut keyless = 0;
+    for _ in 0..81 {
+        let d = s.next(30).await;
+        let order = d.order.clone().expect("an order key");
+        assert_eq!(order.default, Ordering::Partition);
+        let subject = d.event.subject.clone().expect("subject <partition>:<offset>");
+        let partition = subject.split(':').next().unwrap();
+        assert_eq!(&*order.stream, format!("{topic}/{partition}").as_str());
+        let Some(Data::Binary(b)) = &d.event.data else { panic!("data") };
+        let text = String::from_utf8(b.to_vec()).unwrap();
+        match order.key.as_deref() {
+            Some(key) => {
+                let key = String::from_utf8(key.to_vec()).unwrap();
+                assert_eq!(d.event.extensions["partitionkey"].to_string(), key);
                 let seq: usize = text.rsplit('-').next().unwrap().parse().unwrap();
-                assert!(!open.contains_key(&key), "two messages of key {key} at once");
                 assert_eq!(seq, *next_seq.get(&key).unwrap_or(&0), "key {key} out of order");
-                next_seq.insert(key.clone(), seq + 1);
-                open.insert(key, d);
-                max_parallel = max_parallel.max(open.len());
+                next_seq.insert(key, seq + 1);
             }
             None => {
-                // Nothing more can start until something finishes: finish one key (alternating).
-                let key = open.keys().min().cloned().unwrap();
-                open.remove(&key).unwrap().ack.resolve(DONE);
-                done += 1;
+                assert_eq!(text, "keyless");
+                keyless += 1;
             }
         }
+        assert!(!d.withdraw.as_ref().expect("withdraw token").is_cancelled());
+        open.push(d);
     }
-    assert!(max_parallel >= 2, "different keys ran in parallel (max {max_parallel})");
+    assert_eq!((keyless, next_seq.values().sum::<usize>()), (1, 80));
+    for mut d in open {
+        d.ack.resolve(DONE);
+    }
     s.stop().await;
 }
 
@@ -310,11 +317,11 @@ async fn rebalance_drains_running_work_and_commits_before_releasing_partitions()
     for i in 0..8 {
         produce(&p, &topic, Some(i % 4), None, &[], Some(format!("m{i}").as_bytes())).await;
     }
-    let extra = "ordering: partition\ndrain_timeout: 20s\n\
+    let extra = "max_in_flight: 1\ndrain_timeout: 20s\n\
                  properties: {partition.assignment.strategy: cooperative-sticky, session.timeout.ms: '6000', \
                  heartbeat.interval.ms: '500'}\n";
     let mut a = start(&source_yaml(&t.bootstrap, &topic, &group, extra));
-    // A takes the first message of each partition and holds it.
+    // A takes the first message of each partition (one in flight per partition) and holds it.
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(a.next(30).await);

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::lanes::{LaneId, Lanes, Turn};
 use crate::metrics::{self, Metrics};
 use crate::records::{RecordStore, RecordWriter, WriteError};
 use crate::router;
@@ -206,6 +207,8 @@ struct Inner {
     background: CancellationToken,
     closing: AtomicBool,
     stats: Stats,
+    /// Per-trigger ordering of deliveries from ordered sources.
+    lanes: Arc<Lanes>,
 }
 
 /// The dispatcher. Cheap to clone.
@@ -255,6 +258,7 @@ impl Dispatcher {
                 background,
                 closing: AtomicBool::new(false),
                 stats: Stats::default(),
+                lanes: Arc::default(),
             }),
         })
     }
@@ -370,6 +374,14 @@ impl Dispatcher {
             event_type = %delivery.event.ty,
             triggers = matched.len()
         );
+        // Places in the triggers' ordered lanes are taken now, in the order deliveries arrive.
+        let turns: Vec<Option<Turn>> = match &delivery.order {
+            Some(order) => matched
+                .iter()
+                .map(|(trigger, _)| LaneId::of(trigger, order).map(|lane| self.inner.lanes.enter(lane)))
+                .collect(),
+            None => matched.iter().map(|_| None).collect(),
+        };
         self.inner.tracker.spawn(
             async move {
                 let event = Arc::new(delivery.event);
@@ -377,30 +389,33 @@ impl Dispatcher {
                 let skip = delivery.skip.clone();
                 let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
-                let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
+                let withdraw = delivery.withdraw.clone().unwrap_or_default();
+                let runs = matched.into_iter().zip(permits).zip(turns).map(|(((trigger, function), permit), turn)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
                     let skip = skip.clone();
                     let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
+                    let withdraw = withdraw.clone();
                     async move {
-                        let skip = match (&undecodable, skip) {
-                            (_, Some(reason)) => Some(reason),
-                            (None, None) => this.duplicate_of(&trigger, &event).await,
-                            (Some(_), None) => None,
+                        let mut turn = turn;
+                        // Not started yet: withdrawn (its partition was revoked), or shut down while
+                        // waiting for its turn: no record, and the message is redelivered.
+                        let started = match turn.as_mut() {
+                            Some(turn) => tokio::select! {
+                                biased;
+                                () = withdraw.cancelled() => false,
+                                () = this.inner.abandon.cancelled() => false,
+                                () = turn.ready() => true,
+                            },
+                            None => !withdraw.is_cancelled(),
                         };
-                        let r = match (undecodable, skip) {
-                            (Some(error), _) => {
-                                this.not_invoked(&function, &trigger, event, received_at, error, true).await
-                            }
-                            (None, Some(reason)) => {
-                                this.not_invoked(&function, &trigger, event, received_at, reason, false).await
-                            }
-                            (None, None) => {
-                                this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await
-                            }
-                        };
-                        drop(permit);
+                        if !started {
+                            return Err(DispatchError::ShuttingDown);
+                        }
+                        let r =
+                            this.deliver_one(&trigger, &function, event, received_at, skip, undecodable, &cancel).await;
+                        drop((permit, turn)); // the lane moves on once the record is durable
                         r
                     }
                 });
@@ -426,6 +441,31 @@ impl Dispatcher {
             }
             .instrument(span),
         );
+    }
+
+    /// One matched trigger's part of a delivery: SKIPPED or `decode` FAILURE without an invocation,
+    /// or the invocation; returns once its terminal record is durable.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_one(
+        &self,
+        trigger: &TriggerConfig,
+        function: &FunctionEntry,
+        event: Arc<CloudEvent>,
+        received_at: chrono::DateTime<Utc>,
+        skip: Option<String>,
+        undecodable: Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<InvokeResult, DispatchError> {
+        let skip = match (&undecodable, skip) {
+            (_, Some(reason)) => Some(reason),
+            (None, None) => self.duplicate_of(trigger, &event).await,
+            (Some(_), None) => None,
+        };
+        match (undecodable, skip) {
+            (Some(error), _) => self.not_invoked(function, trigger, event, received_at, error, true).await,
+            (None, Some(reason)) => self.not_invoked(function, trigger, event, received_at, reason, false).await,
+            (None, None) => self.run(function, RunSpec::of(trigger), event, received_at, cancel).await,
+        }
     }
 
     /// Invokes a function directly (no trigger, no retries) and waits for its terminal record.

@@ -4,6 +4,7 @@
 //! record of every invocation. A delivery's ack resolves only after its terminal records are durable.
 
 mod dispatch;
+mod lanes;
 pub mod metrics;
 pub mod records;
 pub mod router;

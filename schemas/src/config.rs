@@ -468,6 +468,26 @@ pub struct TriggerConfig {
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub idempotency_window: Option<Duration>,
+    /// Order of this trigger's invocations for events from an ordered source (Kafka): `key` (messages
+    /// of one partition with the same record key run one after the other, other keys in parallel),
+    /// `partition` (one at a time per partition) or `none` (all in parallel). Default: the source's
+    /// `ordering` (itself `key` by default). Events from other sources are not ordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+}
+
+/// Which messages of an ordered source run one after the other (per trigger).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Same partition and same record key: in order; others in parallel. Messages without a key
+    /// are not ordered.
+    #[default]
+    Key,
+    /// One message at a time per partition.
+    Partition,
+    /// No order: every message in parallel (up to the source's `max_in_flight` per partition).
+    None,
 }
 
 /// A dead-letter sink: the failed event is published there as a CloudEvent (structured JSON) with the

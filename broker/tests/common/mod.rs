@@ -39,6 +39,27 @@ pub struct Seen {
     pub sunk: Mutex<Vec<serde_json::Value>>,
     /// Signalled when /sink receives one.
     pub sink_hit: Notify,
+    /// /lanes: the `i` of each call's body per body `k`, in the order the calls started.
+    pub arrivals: Mutex<HashMap<String, Vec<u64>>>,
+    /// /lanes: calls running now per key and per partition (from `ce-subject` `<partition>:<offset>`).
+    pub running: Mutex<HashMap<String, usize>>,
+    /// /lanes: most calls seen running at once for one key, for one partition, and in all.
+    pub max_same_key: AtomicUsize,
+    pub max_same_partition: AtomicUsize,
+    pub max_running: AtomicUsize,
+}
+
+/// Counts a /lanes call in or out of its key's and partition's running counts.
+fn lanes_step(s: &Seen, key: &str, partition: &str, delta: isize) {
+    let mut running = s.running.lock().unwrap();
+    for (lane, max) in [(format!("k:{key}"), &s.max_same_key), (format!("p:{partition}"), &s.max_same_partition)] {
+        let n = running.entry(lane).or_default();
+        *n = n.checked_add_signed(delta).unwrap();
+        max.fetch_max(*n, Ordering::SeqCst);
+    }
+    let all = running.entry("all".to_owned()).or_default();
+    *all = all.checked_add_signed(delta).unwrap();
+    s.max_running.fetch_max(*all, Ordering::SeqCst);
 }
 
 /// A local HTTP function server.
@@ -142,6 +163,21 @@ pub async fn function_server() -> FunctionServer {
                 s.sunk.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
                 s.sink_hit.notify_waiters();
                 StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/lanes/{ms}",
+            post(|State(s): State<Arc<Seen>>, Path(ms): Path<u64>, h: HeaderMap, body: axum::body::Bytes| async move {
+                count(&s, &h);
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let key = v["k"].as_str().unwrap().to_owned();
+                let subject = h.get("ce-subject").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let partition = subject.split(':').next().unwrap().to_owned();
+                s.arrivals.lock().unwrap().entry(key.clone()).or_default().push(v["i"].as_u64().unwrap());
+                lanes_step(&s, &key, &partition, 1);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                lanes_step(&s, &key, &partition, -1);
+                (StatusCode::OK, "done")
             }),
         )
         .route(

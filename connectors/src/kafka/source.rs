@@ -1,9 +1,10 @@
 //! The Kafka source: a consumer thread owns the librdkafka consumer (poll, pause/resume, commits,
 //! rebalance callbacks that block until revoked partitions drained), an async scheduler hands
-//! messages to the dispatcher in the configured order, and one small task per message waits for its
-//! outcome and marks its offset terminal.
+//! messages to the dispatcher in partition order, each carrying its partition and key so every
+//! trigger can order its own invocations, and one small task per message waits for its outcome and
+//! marks its offset terminal.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use switchyard_schemas::sources::kafka::{Ordering, StartOffset};
+use switchyard_schemas::sources::kafka::StartOffset;
 use switchyard_schemas::sources::KafkaSourceConfig;
 use switchyard_schemas::CloudEvent;
 use tokio::sync::mpsc;
@@ -23,7 +24,7 @@ use tracing::Instrument as _;
 
 use super::binding::{self, Incoming};
 use super::offsets::{Offsets, Tp};
-use crate::{Delivery, Source, SourceContext, SourceError};
+use crate::{Delivery, OrderKey, Source, SourceContext, SourceError};
 
 /// A Kafka consumer-group member.
 #[derive(Debug)]
@@ -95,17 +96,11 @@ struct Taken {
     tp: Tp,
     epoch: u64,
     offset: i64,
-    lane: Option<Lane>,
+    /// The record key, for per-key ordering.
+    key: Option<Arc<[u8]>>,
     event: CloudEvent,
     /// The decode error of a record that claimed to be a CloudEvent and was not.
     undecodable: Option<String>,
-}
-
-/// What must run one at a time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Lane {
-    Partition(Tp),
-    Key(Tp, Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -267,7 +262,7 @@ impl Source for KafkaSource {
                 })?;
             done_rx
         };
-        let scheduled = schedule(&ctx, &offsets, from_consumer)
+        let scheduled = schedule(&ctx, &config, &offsets, from_consumer)
             .instrument(tracing::info_span!("kafka_scheduler", source = %ctx.name))
             .await;
         // The scheduler returns at shutdown once every handed-on message is resolved (or when the
@@ -337,7 +332,7 @@ fn consume(
             }
             tracing::trace!(topic = %tp.0, partition = tp.1, "paused at the in-flight limit");
         }
-        let msg = decode(&message, &cluster, tp, taken.epoch, config.ordering);
+        let msg = decode(&message, &cluster, tp, taken.epoch);
         if to_scheduler.send(ToScheduler::Message(Box::new(msg))).is_err() {
             break;
         }
@@ -361,7 +356,7 @@ fn consume(
     tracing::info!(committed = ?commits, "consumer stopped");
 }
 
-fn decode(message: &BorrowedMessage<'_>, cluster: &str, tp: Tp, epoch: u64, ordering: Ordering) -> Taken {
+fn decode(message: &BorrowedMessage<'_>, cluster: &str, tp: Tp, epoch: u64) -> Taken {
     let headers: Vec<(&str, Option<&[u8]>)> =
         message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
     let incoming = Incoming {
@@ -384,66 +379,44 @@ fn decode(message: &BorrowedMessage<'_>, cluster: &str, tp: Tp, epoch: u64, orde
             (binding::wrap_undecodable(&incoming, &e), Some(format!("not a valid CloudEvent: {e}")))
         }
     };
-    let lane = match ordering {
-        Ordering::None => None,
-        Ordering::Partition => Some(Lane::Partition(tp.clone())),
-        Ordering::Key => message.key().map(|k| Lane::Key(tp.clone(), k.to_vec())),
-    };
-    Taken { tp, epoch, offset: message.offset(), lane, event, undecodable }
+    Taken { tp, epoch, offset: message.offset(), key: message.key().map(Arc::from), event, undecodable }
 }
 
-/// Hands messages to the dispatcher, one at a time per lane, until shutdown; then waits for the
-/// outcome of everything handed on.
+/// Hands messages to the dispatcher in partition order (each trigger orders its invocations by
+/// the partition and key every delivery carries) until shutdown; then waits for the outcome of
+/// everything handed on.
 async fn schedule(
     ctx: &SourceContext,
+    config: &KafkaSourceConfig,
     offsets: &Arc<Offsets>,
     mut from_consumer: mpsc::UnboundedReceiver<ToScheduler>,
 ) -> Result<(), SourceError> {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Lane>();
-    // A lane present here is busy; its queue holds the messages waiting behind the running one.
-    let mut lanes: HashMap<Lane, VecDeque<Taken>> = HashMap::new();
+    // Per partition assignment: its stream name, and the token that withdraws its messages still
+    // waiting for their turn in a trigger's lane when the partition is revoked (or at shutdown), so
+    // they are redelivered instead of held.
+    let mut assigned: HashMap<(Tp, u64), (Arc<str>, CancellationToken)> = HashMap::new();
     let acks = TaskTracker::new();
     let mut result = Ok(());
     loop {
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => break,
-            Some(lane) = done_rx.recv() => {
-                // The running message of `lane` finished: start the next one waiting, if any.
-                let next = lanes.get_mut(&lane).and_then(VecDeque::pop_front);
-                match next {
-                    Some(m) => {
-                        if let Err(e) = hand_on(ctx, offsets, m, &done_tx, &acks).await {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                    None => {
-                        lanes.remove(&lane);
-                    }
-                }
-            }
             m = from_consumer.recv() => match m {
                 None => break,
-                Some(ToScheduler::Revoked(tps)) => {
-                    lanes.retain(|lane, queue| {
-                        let tp = match lane { Lane::Partition(tp) | Lane::Key(tp, _) => tp };
-                        if tps.contains(tp) {
-                            queue.clear(); // not started: redelivered to the partition's next owner
-                        }
-                        true // the running message still reports to its lane
-                    });
-                }
-                Some(ToScheduler::Message(m)) => {
-                    let m = *m;
-                    if let Some(lane) = &m.lane {
-                        if let Some(queue) = lanes.get_mut(lane) {
-                            queue.push_back(m);
-                            continue;
-                        }
-                        lanes.insert(lane.clone(), VecDeque::new());
+                Some(ToScheduler::Revoked(tps)) => assigned.retain(|(tp, _), (_, withdraw)| {
+                    let revoked = tps.contains(tp);
+                    if revoked {
+                        withdraw.cancel();
                     }
-                    if let Err(e) = hand_on(ctx, offsets, m, &done_tx, &acks).await {
+                    !revoked
+                }),
+                Some(ToScheduler::Message(m)) => {
+                    let (stream, withdraw) = assigned
+                        .entry((m.tp.clone(), m.epoch))
+                        .or_insert_with(|| (Arc::from(format!("{}/{}", m.tp.0, m.tp.1)), CancellationToken::new()))
+                        .clone();
+                    let order = OrderKey { stream, key: m.key.clone(), default: config.ordering };
+                    if let Err(e) = hand_on(ctx, offsets, *m, order, withdraw, &acks).await {
                         result = Err(e);
                         break;
                     }
@@ -451,47 +424,44 @@ async fn schedule(
             },
         }
     }
-    // Waiting messages are dropped (uncommitted, redelivered later); handed-on ones are awaited.
-    lanes.clear();
+    // Not started yet: given back (uncommitted, redelivered later); running ones are awaited.
+    for (_, withdraw) in assigned.values() {
+        withdraw.cancel();
+    }
     acks.close();
     acks.wait().await;
     result
 }
 
 /// Gives one message to the dispatcher and spawns the task that waits for its outcome. A message
-/// whose partition was revoked meanwhile is dropped (and its lane freed).
+/// whose partition was revoked meanwhile is dropped.
 async fn hand_on(
     ctx: &SourceContext,
     offsets: &Arc<Offsets>,
     m: Taken,
-    done_tx: &mpsc::UnboundedSender<Lane>,
+    order: OrderKey,
+    withdraw: CancellationToken,
     acks: &TaskTracker,
 ) -> Result<(), SourceError> {
-    let Taken { tp, epoch, offset, lane, event, undecodable } = m;
+    let Taken { tp, epoch, offset, event, undecodable, .. } = m;
     if !offsets.start(&tp, epoch) {
-        if let Some(lane) = lane {
-            let _ = done_tx.send(lane);
-        }
         return Ok(());
     }
     let (delivery, outcome) = match undecodable {
         Some(error) => Delivery::undecodable(event, error),
         None => Delivery::new(event),
     };
+    let delivery = delivery.with_order(order, withdraw);
     tracing::trace!(topic = %tp.0, partition = tp.1, offset, event_id = %delivery.event.id, "message handed on");
     if ctx.deliveries.send(delivery).await.is_err() {
         offsets.finish(&tp, epoch, offset, false);
         return Err(SourceError::DispatcherClosed { source_name: ctx.name.clone() });
     }
     let offsets = Arc::clone(offsets);
-    let done_tx = done_tx.clone();
     acks.spawn(
         async move {
             let outcome = outcome.outcome().await;
             offsets.finish(&tp, epoch, offset, outcome.may_ack());
-            if let Some(lane) = lane {
-                let _ = done_tx.send(lane);
-            }
         }
         .instrument(tracing::trace_span!("kafka_ack")),
     );

@@ -20,13 +20,15 @@ pub fn split(delivery: Delivery) -> Result<(Vec<Delivery>, impl Future<Output = 
     let Some(events) = binding::expand(&delivery.event) else {
         return Err(Box::new(delivery));
     };
-    let Delivery { mut ack, skip, cancel, .. } = delivery;
+    let Delivery { mut ack, skip, cancel, order, withdraw, .. } = delivery;
     let mut parts = Vec::with_capacity(events.len());
     let mut receivers = Vec::with_capacity(events.len());
     for event in events {
         let (mut d, rx) = Delivery::new(event);
         d.skip = skip.clone();
         d.cancel = cancel.clone();
+        d.order = order.clone();
+        d.withdraw = withdraw.clone();
         parts.push(d);
         receivers.push(rx);
     }

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FieldError;
+pub use crate::config::Ordering;
 
 /// librdkafka properties the source sets itself; `properties` may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -53,9 +54,11 @@ pub struct KafkaSourceConfig {
     /// Default: the first bootstrap server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// Order of invocations: `key` (default: messages with the same key run one after the other,
-    /// different keys and messages without a key in parallel), `partition` (one message at a time
-    /// per partition) or `none` (everything in parallel up to `max_in_flight`).
+    /// Order of invocations for the triggers this source feeds that set no `ordering` of their own:
+    /// `key` (default: messages with the same key run one after the other, different keys and
+    /// messages without a key in parallel), `partition` (one message at a time per partition) or
+    /// `none` (everything in parallel up to `max_in_flight`). Each trigger orders its own
+    /// invocations: a slow function does not hold back another trigger's.
     #[serde(default)]
     pub ordering: Ordering,
     /// Messages taken from one partition and not yet finished (running or waiting for their key);
@@ -102,20 +105,6 @@ pub enum StartOffset {
     /// Messages produced after the group first joined.
     #[default]
     Latest,
-}
-
-/// Which messages run one after the other.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Ordering {
-    /// Same partition and same record key: in order; others in parallel. Messages without a key
-    /// are not ordered.
-    #[default]
-    Key,
-    /// One message at a time per partition.
-    Partition,
-    /// No order: every message in parallel (up to `max_in_flight` per partition).
-    None,
 }
 
 /// TLS settings.
