@@ -93,6 +93,8 @@ pub struct Stats {
     pub dead_letter_sink_failures: AtomicU64,
     /// Invocations skipped as duplicates (idempotency).
     pub duplicates: AtomicU64,
+    /// Invocations whose SUCCESS record is durable.
+    pub succeeded: AtomicU64,
 }
 
 /// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
@@ -234,7 +236,7 @@ impl Dispatcher {
         let http = runtime::http::client()
             .map_err(|e| DeployError { function: "(http client)".to_owned(), message: e.to_string() })?;
         let metrics = Arc::new(Metrics::new());
-        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics));
+        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics), config.records.pending_after);
         let mut registry = Registry::default();
         for f in &config.functions {
             registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
@@ -601,7 +603,7 @@ impl Dispatcher {
         let RunSpec { trigger, policy, dead_letter, replay_of } = spec;
         let mut record = self.new_record(function, trigger, &event, received_at);
         record.replay_of = replay_of;
-        self.inner.writer.queue(record.clone()).await?;
+        self.inner.writer.queue_pending(record.clone()).await?;
         let trace_id = record.trace_id.clone().unwrap_or_default();
         let caps = &self.inner.records;
         let progress = Arc::new(Progress::default());
@@ -658,7 +660,10 @@ impl Dispatcher {
         }
         let span =
             tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = %record.status);
-        self.inner.writer.write(record.clone()).instrument(span).await?;
+        let record = self.inner.writer.write(record).instrument(span).await?;
+        if record.status == Status::Success {
+            self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(InvokeResult { record, response })
     }
 
@@ -777,7 +782,7 @@ impl Dispatcher {
             record.status = Status::Skipped;
         }
         self.observe(&record);
-        self.inner.writer.write(record.clone()).await?;
+        let record = self.inner.writer.write(record).await?;
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
 

@@ -125,6 +125,16 @@ pub struct RecordsConfig {
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub retention: Option<Duration>,
+    /// An invocation still running this long after it was dispatched gets its PENDING row; a shorter
+    /// one is written once, as its terminal record (half the rows for quick functions). `0s` writes
+    /// the PENDING row at dispatch. Default `200ms`, at most `60s`.
+    #[serde(default = "default_pending_after", with = "crate::duration")]
+    #[schemars(with = "String")]
+    pub pending_after: Duration,
+}
+
+const fn default_pending_after() -> Duration {
+    Duration::from_millis(200)
 }
 
 /// OpenTelemetry trace export over OTLP (HTTP/protobuf). Export is on when an endpoint is set here or
@@ -159,6 +169,7 @@ impl Default for RecordsConfig {
             log_bytes: default_capture_bytes(),
             replay_bytes: default_replay_bytes(),
             retention: None,
+            pending_after: default_pending_after(),
         }
     }
 }
@@ -888,6 +899,9 @@ impl Config {
                 return Err(FieldError::new("telemetry.sample_ratio", "must be between 0 and 1"));
             }
         }
+        if self.records.pending_after > Duration::from_secs(60) {
+            return Err(FieldError::new("records.pending_after", "must be at most 60s"));
+        }
         if let Some(r) = self.records.retention {
             if r < Duration::from_secs(60) {
                 return Err(FieldError::new("records.retention", "must be at least 1m"));
@@ -1296,6 +1310,9 @@ triggers:
         let e = parse(&format!("{base}    dead_letter: {{type: smtp}}\n")).unwrap_err();
         assert!(e.to_string().contains("smtp"), "{e}");
         assert_eq!(parse("records: {retention: 10s}").unwrap_err().field(), Some("records.retention"));
+        assert_eq!(parse("records: {pending_after: 2m}").unwrap_err().field(), Some("records.pending_after"));
+        assert_eq!(parse("records: {}").unwrap().records.pending_after, Duration::from_millis(200));
+        assert_eq!(parse("records: {pending_after: 0s}").unwrap().records.pending_after, Duration::ZERO);
         assert_eq!(parse("records: {retention: 7d}").unwrap().records.retention, Some(Duration::from_secs(7 * 86400)));
         assert!(parse("store: postgres://switchyard@db:5432/switchyard").is_ok());
     }

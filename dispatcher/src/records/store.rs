@@ -300,13 +300,13 @@ impl RecordStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use switchyard_schemas::record::Captured;
 
     use super::*;
     use crate::records::TestDatabase;
 
-    fn record(status: Status, function: &str) -> EventRecord {
+    pub(crate) fn record(status: Status, function: &str) -> EventRecord {
         EventRecord {
             id: Uuid::now_v7(),
             event_id: "e".into(),
