@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use futures::StreamExt as _;
 use lapin::options::{
@@ -133,12 +133,7 @@ async fn switchyard(pub_ch: &Channel, function: &str, n: usize, prefetch: u16) -
     let running = app::start(config, false, std::future::pending()).await.unwrap();
     let store = running.dispatcher.store().clone();
     let (start, wall, _) = publish(pub_ch, &queue, n).await;
-    loop {
-        if store.count(Some(Status::Success)).await.unwrap() as usize >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    support::wait_succeeded(&running.dispatcher, n as u64).await;
     let mut latencies = Vec::with_capacity(n);
     let mut last_finished = None;
     let mut before = None;

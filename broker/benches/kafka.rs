@@ -21,10 +21,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use support::noop_server;
+use support::{noop_server, wait_succeeded};
 use switchyard_broker::app;
-use switchyard_dispatcher::records::RecordStore;
-use switchyard_schemas::{Config, Status};
+use switchyard_schemas::Config;
 use tokio::sync::Semaphore;
 
 /// The in-flight window of both loops: `IN_FLIGHT * PARTITIONS` invocations at once (the bare loop's
@@ -88,12 +87,6 @@ async fn bare(bootstrap: &str, topic: &str, n: usize, function: &str) -> f64 {
     secs
 }
 
-async fn wait_success(store: &RecordStore, n: i64) {
-    while store.count(Some(Status::Success)).await.unwrap() < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Switchyard with `ordering`: seconds until `n` SUCCESS records.
 async fn switchyard(bootstrap: &str, topic: &str, n: usize, function: &str, ordering: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -109,8 +102,7 @@ async fn switchyard(bootstrap: &str, topic: &str, n: usize, function: &str, orde
     let config = Config::from_yaml_str(&yaml, "bench.yaml", |_| None).unwrap();
     let start = Instant::now();
     let running = app::start(config, false, std::future::pending()).await.unwrap();
-    let store = running.dispatcher.store().clone();
-    wait_success(&store, n as i64).await;
+    wait_succeeded(&running.dispatcher, n as u64).await;
     let secs = start.elapsed().as_secs_f64();
     running.shutdown().await;
     secs

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use support::noop_server;
+use support::{noop_server, wait_succeeded};
 use switchyard_broker::app;
 use switchyard_dispatcher::records::{RecordQuery, RecordStore};
-use switchyard_schemas::{Config, Status};
+use switchyard_schemas::Config;
 use tokio::sync::Semaphore;
 
 /// The in-flight window of both loops (the NATS source's default `max_in_flight`).
@@ -110,12 +110,6 @@ async fn bare(js: &jetstream::Context, stream: &str, n: usize, function: &str) -
     (secs, l)
 }
 
-async fn wait_success(store: &RecordStore, n: i64) {
-    while store.count(Some(Status::Success)).await.unwrap() < n {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// publish -> SUCCESS latency of the newest `n` records, from the timestamp in their data.
 async fn record_latencies(store: &RecordStore, n: usize) -> Vec<f64> {
     let rs = store.list(&RecordQuery { limit: n.min(1000) as u32, ..RecordQuery::default() }).await.unwrap();
@@ -168,10 +162,10 @@ async fn main() {
     let start = Instant::now();
     let running = app::start(config, false, std::future::pending()).await.unwrap();
     let store = running.dispatcher.store().clone();
-    wait_success(&store, n as i64).await;
+    wait_succeeded(&running.dispatcher, n as u64).await;
     let sy_secs = start.elapsed().as_secs_f64();
     publish(&js, &ssub, paced, Some(500)).await;
-    wait_success(&store, (n + paced) as i64).await;
+    wait_succeeded(&running.dispatcher, (n + paced) as u64).await;
     let mut sy_lat = record_latencies(&store, paced).await;
     running.shutdown().await;
     js.delete_stream(&ss).await.unwrap();

@@ -12,16 +12,15 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
-use support::noop_server;
+use support::{noop_server, wait_succeeded};
 use switchyard_broker::app;
-use switchyard_dispatcher::records::RecordStore;
 use switchyard_schemas::sources::s3::AwsSettings;
-use switchyard_schemas::{Config, Status};
+use switchyard_schemas::Config;
 use tokio::sync::Semaphore;
 
 /// The in-flight window of both loops (the source's default `sqs.max_in_flight`).
@@ -131,12 +130,6 @@ async fn bare(aws: &Aws, queue: &str, n: usize, function: &str) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn wait_success(store: &RecordStore, n: i64) {
-    while store.count(Some(Status::Success)).await.unwrap() < n {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
@@ -190,12 +183,11 @@ async fn main() {
     let config = Config::from_yaml_str(&yaml, "bench.yaml", |_| None).unwrap();
     let start = Instant::now();
     let running = app::start(config, false, std::future::pending()).await.unwrap();
-    let store = running.dispatcher.store().clone();
-    wait_success(&store, n as i64).await;
+    wait_succeeded(&running.dispatcher, n as u64).await;
     let sy_drain = start.elapsed().as_secs_f64();
     let start = Instant::now();
     upload(&aws, &bucket, n, "live").await;
-    wait_success(&store, 2 * n as i64).await;
+    wait_succeeded(&running.dispatcher, (2 * n) as u64).await;
     let sy_e2e = start.elapsed().as_secs_f64();
     running.shutdown().await;
 

@@ -17,6 +17,18 @@ pub async fn noop_server() -> String {
     format!("http://{addr}/")
 }
 
+/// Waits until `n` SUCCESS records are durable, reading the dispatcher's in-process counter (polling
+/// `COUNT(*)` on the store instead would take the broker's CPU and store lock while it is measured),
+/// then checks the store agrees.
+pub async fn wait_succeeded(dispatcher: &switchyard_dispatcher::Dispatcher, n: u64) {
+    let stats = dispatcher.stats();
+    while stats.succeeded.load(std::sync::atomic::Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stored = dispatcher.store().count(Some(switchyard_schemas::Status::Success)).await.unwrap();
+    assert!(stored >= i64::try_from(n).unwrap(), "the store holds {stored} SUCCESS records, the counter {n}");
+}
+
 /// The `p` quantile of sorted values (nearest rank).
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
