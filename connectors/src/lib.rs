@@ -96,13 +96,17 @@ pub struct Delivery {
     /// is not invoked; each matched trigger gets a FAILURE record, dead-lettered, with error kind
     /// `decode` and this message.
     pub undecodable: Option<String>,
+    /// The S3 client of the `type: s3` source the event came from, for the object access of the
+    /// triggers it matches (`triggers[].object`). `None` for every other source: those triggers use
+    /// their `object.aws`.
+    pub object_client: Option<s3::object::ObjectClient>,
 }
 
 impl Delivery {
     /// A delivery and the receiver its source awaits.
     pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
         let (ack, rx) = Ack::pair();
-        (Self { event, ack, skip: None, cancel: None, undecodable: None }, rx)
+        (Self { event, ack, skip: None, cancel: None, undecodable: None, object_client: None }, rx)
     }
 
     /// A delivery that is recorded as SKIPPED (with `reason`) instead of invoked.
@@ -118,6 +122,13 @@ impl Delivery {
         let (mut d, rx) = Self::new(event);
         d.undecodable = Some(error.into());
         (d, rx)
+    }
+
+    /// Attaches the S3 client of the `type: s3` source the event came from (see [`Self::object_client`]).
+    #[must_use]
+    pub fn with_object_client(mut self, client: s3::object::ObjectClient) -> Self {
+        self.object_client = Some(client);
+        self
     }
 
     /// Lets the source cancel the delivery's running invocations with `token`.
