@@ -206,6 +206,8 @@ struct Inner {
     background: CancellationToken,
     closing: AtomicBool,
     stats: Stats,
+    /// The triggers' object access (`triggers[].object`) and their S3 clients.
+    objects: crate::object::ObjectAccess,
 }
 
 /// The dispatcher. Cheap to clone.
@@ -255,6 +257,7 @@ impl Dispatcher {
                 background,
                 closing: AtomicBool::new(false),
                 stats: Stats::default(),
+                objects: crate::object::ObjectAccess::default(),
             }),
         })
     }
@@ -377,12 +380,14 @@ impl Dispatcher {
                 let skip = delivery.skip.clone();
                 let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
+                let object_client = delivery.object_client.clone();
                 let runs = matched.into_iter().zip(permits).map(|((trigger, function), permit)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
                     let skip = skip.clone();
                     let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
+                    let object_client = object_client.clone();
                     async move {
                         let skip = match (&undecodable, skip) {
                             (_, Some(reason)) => Some(reason),
@@ -397,6 +402,7 @@ impl Dispatcher {
                                 this.not_invoked(&function, &trigger, event, received_at, reason, false).await
                             }
                             (None, None) => {
+                                let event = this.inner.objects.apply(&trigger, object_client.as_ref(), event).await;
                                 this.run(&function, RunSpec::of(&trigger), event, received_at, &cancel).await
                             }
                         };

@@ -5,6 +5,7 @@
 
 mod dispatch;
 pub mod metrics;
+mod object;
 pub mod records;
 pub mod router;
 pub mod runtime;
