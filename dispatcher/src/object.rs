@@ -85,9 +85,7 @@ mod tests {
         let plain = access.apply(&trigger(None), None, Arc::clone(&event)).await;
         assert!(Arc::ptr_eq(&plain, &event), "no object: the same event, no copy");
         let enriched = access.apply(&trigger(ENDPOINT), None, Arc::clone(&event)).await;
-        let Some(ExtensionValue::String(url)) = enriched.extensions.get("presignedurl") else {
-            panic!("{enriched:?}")
-        };
+        let Some(ExtensionValue::String(url)) = enriched.extensions.get("presignedurl") else { panic!("{enriched:?}") };
         assert!(url.starts_with("http://127.0.0.1:9/b/k.txt?"), "object.aws is used: {url}");
         assert!(event.extensions.is_empty(), "the shared event is untouched");
         let mut removed = (*upload()).clone();

@@ -89,7 +89,6 @@ impl S3Source {
     pub fn http_handle(&self) -> Option<S3HttpHandle> {
         self.requests.as_ref().map(|(tx, _)| S3HttpHandle { tx: tx.clone() })
     }
-
 }
 
 #[async_trait::async_trait]

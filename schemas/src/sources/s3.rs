@@ -312,7 +312,10 @@ impl ObjectAccess {
         }
         if let Some(n) = self.inline_max_bytes {
             if n == 0 || n > MAX_INLINE_BYTES {
-                return Err(FieldError::new(format!("{at}.inline_max_bytes"), format!("between 1 and {MAX_INLINE_BYTES}")));
+                return Err(FieldError::new(
+                    format!("{at}.inline_max_bytes"),
+                    format!("between 1 and {MAX_INLINE_BYTES}"),
+                ));
             }
         }
         if let Some(aws) = &self.aws {
@@ -363,8 +366,10 @@ mod tests {
             let o: ObjectAccess = serde_yaml::from_str(y).map_err(|e| e.to_string())?;
             o.validate("triggers[1].object").map_err(|e| e.to_string()).map(|()| o)
         };
-        let o = check("{metadata: true, presign: 5m, inline_max_bytes: 1024, aws: {endpoint_url: 'http://127.0.0.1:5055'}}")
-            .unwrap();
+        let o = check(
+            "{metadata: true, presign: 5m, inline_max_bytes: 1024, aws: {endpoint_url: 'http://127.0.0.1:5055'}}",
+        )
+        .unwrap();
         assert_eq!((o.presign, o.inline_max_bytes), (Some(Duration::from_secs(300)), Some(1024)));
         assert!(check("{}").unwrap_err().starts_with("triggers[1].object: asks for nothing"));
         assert!(check("{metadata: false}").unwrap_err().contains("asks for nothing"));
