@@ -216,47 +216,142 @@ async fn sqs_uploads_and_deletes_invoke_the_function_with_adapter_events() {
     b.running.shutdown().await;
 }
 
+/// The event a record says was sent to the function.
+fn sent(r: &EventRecord) -> serde_json::Value {
+    serde_json::from_str(&r.request.body).unwrap()
+}
+
+/// Fetches a presigned URL with no credentials at all.
+async fn fetch(url: &str) -> Vec<u8> {
+    let resp = reqwest::get(url).await.unwrap();
+    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await.unwrap().to_vec()
+}
+
 #[tokio::test]
-async fn sqs_object_access_adds_metadata_presigned_url_and_small_content() {
+async fn object_access_is_per_trigger_on_one_s3_source() {
     let Some(m) = moto().await else { return };
     let fs = function_server().await;
     let (bucket, queue) = m.bucket_to_queue(&[]).await;
     let yaml = format!(
-        "{}sources:\n  - type: s3\n    name: up\n    sqs: {{queue_url: '{queue}', wait_time: 1s}}\n    filter: {{suffix: .txt, events: ['s3:ObjectCreated:*']}}\n    object: {{metadata: true, presign: 5m, inline_max_bytes: 16}}\n    {}\n",
-        function_yaml(&fs.url("/ok")),
+        "functions:\n  - {{name: f, runtime: http, url: '{}'}}\ntriggers:\n  - name: with-object\n    function: f\n    delivery: {{retries: 0}}\n    object: {{metadata: true, presign: 5m, inline_max_bytes: 1024}}\n  - {{name: plain, function: f, delivery: {{retries: 0}}}}\nsources:\n  - type: s3\n    name: up\n    sqs: {{queue_url: '{queue}', wait_time: 1s}}\n    filter: {{suffix: .txt}}\n    {}\n",
+        fs.url("/ok"),
         m.aws_yaml()
     );
     let b = broker(&yaml).await;
     m.s3.put_object()
         .bucket(&bucket)
-        .key("small.txt")
+        .key("small ü.txt")
         .metadata("owner", "ann")
+        .content_type("text/plain")
         .body(ByteStream::from_static(b"hello"))
         .send()
         .await
         .unwrap();
-    m.put(&bucket, "big.txt", &[b'x'; 100]).await;
+    let big = vec![b'x'; 2000];
+    m.put(&bucket, "big.txt", &big).await;
     m.put(&bucket, "skipped.bin", b"not a .txt").await;
-    m.s3.delete_object().bucket(&bucket).key("big.txt").send().await.unwrap();
-    let records = terminal(&b, 2).await;
+    m.put(&bucket, "old.txt", b"short-lived").await;
+    m.s3.delete_object().bucket(&bucket).key("old.txt").send().await.unwrap();
+    // Four events (three uploads, one delete), each to both triggers.
+    let records = terminal(&b, 8).await;
     m.wait_empty(&queue).await;
-    let records_now = terminal(&b, 2).await;
-    assert_eq!(records_now.len(), 2, "the .bin upload and the delete are filtered out: {records:?}");
-    let small = records.iter().find(|r| r.event_subject.as_deref() == Some("small.txt")).unwrap();
-    let event: serde_json::Value = serde_json::from_str(&small.request.body).unwrap();
-    let object = &event["data"]["s3"]["object"];
+    assert_eq!(terminal(&b, 8).await.len(), 8, "the .bin upload is filtered out: {records:?}");
+    assert!(records.iter().all(|r| r.status == Status::Success), "{records:?}");
+    let find = |trigger: &str, subject: &str, ty: &str| {
+        let r = records
+            .iter()
+            .find(|r| r.trigger == trigger && r.event_subject.as_deref() == Some(subject) && r.event_type.ends_with(ty))
+            .unwrap_or_else(|| panic!("no {trigger} record of {ty} {subject}: {records:?}"));
+        sent(r)
+    };
+
+    let small = find("with-object", "small ü.txt", "ObjectCreated:Put");
+    let object = &small["data"]["s3"]["object"];
     assert_eq!(object["head"]["metadata"]["owner"], "ann");
     assert_eq!(object["head"]["contentLength"], 5);
+    assert_eq!(object["head"]["contentType"], "text/plain");
     assert_eq!(object["contentBase64"], "aGVsbG8=");
-    let url = event["presignedurl"].as_str().unwrap();
-    let fetched = reqwest::get(url).await.unwrap();
-    assert!(fetched.status().is_success(), "{url}: {}", fetched.status());
-    assert_eq!(fetched.bytes().await.unwrap().as_ref(), b"hello");
-    let big = records.iter().find(|r| r.event_subject.as_deref() == Some("big.txt")).unwrap();
-    let event: serde_json::Value = serde_json::from_str(&big.request.body).unwrap();
-    assert_eq!(event["data"]["s3"]["object"]["head"]["contentLength"], 100);
-    assert!(event["data"]["s3"]["object"].get("contentBase64").is_none(), "over the cap: no content, never a cut one");
+    assert!(small.get("objecterror").is_none(), "{small}");
+    assert_eq!(fetch(small["presignedurl"].as_str().unwrap()).await, b"hello");
+
+    let big_event = find("with-object", "big.txt", "ObjectCreated:Put");
+    assert_eq!(big_event["data"]["s3"]["object"]["head"]["contentLength"], 2000);
+    assert!(
+        big_event["data"]["s3"]["object"].get("contentBase64").is_none(),
+        "over the cap: no content, never a cut one"
+    );
+    assert_eq!(fetch(big_event["presignedurl"].as_str().unwrap()).await, big);
+
+    let removed = find("with-object", "old.txt", "ObjectRemoved:Delete");
+    assert!(removed["data"]["s3"]["object"].get("head").is_none(), "no object access for removals: {removed}");
+    assert!(removed.get("presignedurl").is_none() && removed.get("objecterror").is_none(), "{removed}");
+
+    // The trigger without `object` got the plain events: none of it, and no error either.
+    for (subject, ty) in [
+        ("small ü.txt", "ObjectCreated:Put"),
+        ("big.txt", "ObjectCreated:Put"),
+        ("old.txt", "ObjectCreated:Put"),
+        ("old.txt", "ObjectRemoved:Delete"),
+    ] {
+        let plain = find("plain", subject, ty);
+        let object = &plain["data"]["s3"]["object"];
+        assert!(object.get("head").is_none() && object.get("contentBase64").is_none(), "{plain}");
+        assert!(plain.get("presignedurl").is_none() && plain.get("objecterror").is_none(), "{plain}");
+    }
     b.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn nats_s3_notifications_get_object_access_through_the_trigger_aws_settings() {
+    let Some(m) = moto().await else { return };
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .unwrap_or_else(|e| panic!("NATS must run on 127.0.0.1:4222 (scripts/test.sh starts it): {e}"));
+    let js = async_nats::jetstream::new(client);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (stream, subject) = (format!("S3O{id}"), format!("s3o.{id}"));
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{subject}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let bucket = unique("sy");
+    m.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    m.put(&bucket, "in/a b.csv", b"a,b\n1,2\n").await;
+    let fs = function_server().await;
+    let yaml = format!(
+        "functions:\n  - {{name: f, runtime: http, url: '{}'}}\ntriggers:\n  - name: t\n    function: f\n    delivery: {{retries: 0}}\n    object:\n      metadata: true\n      presign: 5m\n      inline_max_bytes: 1024\n      {}\nsources:\n  - type: nats\n    name: n\n    s3_notifications: true\n    jetstream: {{stream: {stream}}}\n",
+        fs.url("/ok"),
+        m.aws_yaml()
+    );
+    let b = broker(&yaml).await;
+    // What a store publishes: one upload that exists, one whose object is gone already.
+    let record = |key: &str| {
+        serde_json::json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-11-24T16:29:23.444Z", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 8, "sequencer": key}}})
+    };
+    let body = serde_json::json!({"Records": [record("in/a+b.csv"), record("in/gone.csv")]});
+    js.publish(format!("{subject}.1"), serde_json::to_vec(&body).unwrap().into()).await.unwrap().await.unwrap();
+    let records = terminal(&b, 2).await;
+    assert!(records.iter().all(|r| r.status == Status::Success), "{records:?}");
+    let by_subject = |s: &str| sent(records.iter().find(|r| r.event_subject.as_deref() == Some(s)).unwrap());
+    let csv = by_subject("in/a b.csv");
+    assert_eq!(csv["data"]["s3"]["object"]["head"]["contentLength"], 8);
+    assert_eq!(csv["data"]["s3"]["object"]["contentBase64"], "YSxiCjEsMgo=");
+    assert_eq!(fetch(csv["presignedurl"].as_str().unwrap()).await, b"a,b\n1,2\n");
+    assert!(csv.get("objecterror").is_none(), "{csv}");
+    // A failed access is reported on the event, which is still delivered.
+    let gone = by_subject("in/gone.csv");
+    let error = gone["objecterror"].as_str().unwrap_or_else(|| panic!("no objecterror: {gone}"));
+    assert!(error.starts_with("HeadObject: "), "{error}");
+    assert!(gone["data"]["s3"]["object"].get("head").is_none(), "{gone}");
+    b.running.shutdown().await;
+    js.delete_stream(&stream).await.unwrap();
 }
 
 #[tokio::test]

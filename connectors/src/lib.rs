@@ -104,6 +104,10 @@ pub struct Delivery {
     /// lane) are not made and not recorded, and the delivery resolves [`Outcome::Abandoned`] so the
     /// message is redelivered (a Kafka partition revoked from this member).
     pub withdraw: Option<CancellationToken>,
+    /// The S3 client of the `type: s3` source the event came from, for the object access of the
+    /// triggers it matches (`triggers[].object`). `None` for every other source: those triggers use
+    /// their `object.aws`.
+    pub object_client: Option<s3::object::ObjectClient>,
 }
 
 /// The position of a message in an ordered stream, for per-trigger ordering.
@@ -121,7 +125,17 @@ impl Delivery {
     /// A delivery and the receiver its source awaits.
     pub fn new(event: CloudEvent) -> (Self, AckReceiver) {
         let (ack, rx) = Ack::pair();
-        (Self { event, ack, skip: None, cancel: None, undecodable: None, order: None, withdraw: None }, rx)
+        let d = Self {
+            event,
+            ack,
+            skip: None,
+            cancel: None,
+            undecodable: None,
+            order: None,
+            withdraw: None,
+            object_client: None,
+        };
+        (d, rx)
     }
 
     /// A delivery that is recorded as SKIPPED (with `reason`) instead of invoked.
@@ -144,6 +158,13 @@ impl Delivery {
     pub fn with_order(mut self, order: OrderKey, withdraw: CancellationToken) -> Self {
         self.order = Some(order);
         self.withdraw = Some(withdraw);
+        self
+    }
+
+    /// Attaches the S3 client of the `type: s3` source the event came from (see [`Self::object_client`]).
+    #[must_use]
+    pub fn with_object_client(mut self, client: s3::object::ObjectClient) -> Self {
+        self.object_client = Some(client);
         self
     }
 

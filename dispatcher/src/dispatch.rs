@@ -97,6 +97,18 @@ pub struct Stats {
     pub succeeded: AtomicU64,
 }
 
+/// What a delivery asks of each trigger it matched, besides the event.
+struct Part<'a> {
+    /// Record SKIPPED with this reason instead of invoking.
+    skip: Option<String>,
+    /// The message could not be decoded: FAILURE (`decode`) with this error instead of invoking.
+    undecodable: Option<String>,
+    /// Cancels the running invocation.
+    cancel: &'a CancellationToken,
+    /// The S3 client of the source the event came from, for the trigger's object access.
+    object_client: Option<&'a switchyard_connectors::s3::object::ObjectClient>,
+}
+
 /// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
 struct RunSpec<'a> {
     trigger: &'a str,
@@ -211,6 +223,8 @@ struct Inner {
     stats: Stats,
     /// Per-trigger ordering of deliveries from ordered sources.
     lanes: Arc<Lanes>,
+    /// The triggers' object access (`triggers[].object`) and their S3 clients.
+    objects: crate::object::ObjectAccess,
 }
 
 /// The dispatcher. Cheap to clone.
@@ -261,6 +275,7 @@ impl Dispatcher {
                 closing: AtomicBool::new(false),
                 stats: Stats::default(),
                 lanes: Arc::default(),
+                objects: crate::object::ObjectAccess::default(),
             }),
         })
     }
@@ -392,6 +407,7 @@ impl Dispatcher {
                 let undecodable = delivery.undecodable.clone();
                 let cancel = delivery.cancel.clone().unwrap_or_default();
                 let withdraw = delivery.withdraw.clone().unwrap_or_default();
+                let object_client = delivery.object_client.clone();
                 let runs = matched.into_iter().zip(permits).zip(turns).map(|(((trigger, function), permit), turn)| {
                     let this = this.clone();
                     let event = Arc::clone(&event);
@@ -399,6 +415,7 @@ impl Dispatcher {
                     let undecodable = undecodable.clone();
                     let cancel = cancel.clone();
                     let withdraw = withdraw.clone();
+                    let object_client = object_client.clone();
                     async move {
                         let mut turn = turn;
                         // Not started yet: withdrawn (its partition was revoked), or shut down while
@@ -415,8 +432,8 @@ impl Dispatcher {
                         if !started {
                             return Err(DispatchError::ShuttingDown);
                         }
-                        let r =
-                            this.deliver_one(&trigger, &function, event, received_at, skip, undecodable, &cancel).await;
+                        let part = Part { skip, undecodable, cancel: &cancel, object_client: object_client.as_ref() };
+                        let r = this.deliver_one(&trigger, &function, event, received_at, part).await;
                         drop((permit, turn)); // the lane moves on once the record is durable
                         r
                     }
@@ -446,18 +463,17 @@ impl Dispatcher {
     }
 
     /// One matched trigger's part of a delivery: SKIPPED or `decode` FAILURE without an invocation,
-    /// or the invocation; returns once its terminal record is durable.
-    #[allow(clippy::too_many_arguments)]
+    /// or the invocation (with the trigger's object access applied); returns once its terminal
+    /// record is durable.
     async fn deliver_one(
         &self,
         trigger: &TriggerConfig,
         function: &FunctionEntry,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
-        skip: Option<String>,
-        undecodable: Option<String>,
-        cancel: &CancellationToken,
+        part: Part<'_>,
     ) -> Result<InvokeResult, DispatchError> {
+        let Part { skip, undecodable, cancel, object_client } = part;
         let skip = match (&undecodable, skip) {
             (_, Some(reason)) => Some(reason),
             (None, None) => self.duplicate_of(trigger, &event).await,
@@ -466,7 +482,10 @@ impl Dispatcher {
         match (undecodable, skip) {
             (Some(error), _) => self.not_invoked(function, trigger, event, received_at, error, true).await,
             (None, Some(reason)) => self.not_invoked(function, trigger, event, received_at, reason, false).await,
-            (None, None) => self.run(function, RunSpec::of(trigger), event, received_at, cancel).await,
+            (None, None) => {
+                let event = self.inner.objects.apply(trigger, object_client, event).await;
+                self.run(function, RunSpec::of(trigger), event, received_at, cancel).await
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod dispatch;
 mod lanes;
 pub mod metrics;
+mod object;
 pub mod records;
 pub mod router;
 pub mod runtime;

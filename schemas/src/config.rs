@@ -485,6 +485,13 @@ pub struct TriggerConfig {
     /// `ordering` (itself `key` by default). Events from other sources are not ordered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<Ordering>,
+    /// Object access for the S3 events (`com.amazonaws.s3.*`) this trigger invokes: HeadObject
+    /// metadata, a presigned GET URL, the content when small. Only this trigger's invocations get it;
+    /// other triggers of the same event get it unchanged. Events from a `type: s3` source use that
+    /// source's AWS settings, others (`s3_notifications` of `kafka`, `nats`, `amqp`) `object.aws`.
+    /// Default: none, and no S3 calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<crate::sources::s3::ObjectAccess>,
 }
 
 /// Which messages of an ordered source run one after the other (per trigger).
@@ -977,6 +984,9 @@ impl TriggerConfig {
         if self.idempotency_window.is_some_and(|w| w.is_zero()) {
             return Err(FieldError::new(format!("{at}.idempotency_window"), "must be more than 0s"));
         }
+        if let Some(object) = &self.object {
+            object.validate(&format!("{at}.object"))?;
+        }
         Ok(())
     }
 }
@@ -1315,6 +1325,31 @@ triggers:
         assert_eq!(parse("records: {pending_after: 0s}").unwrap().records.pending_after, Duration::ZERO);
         assert_eq!(parse("records: {retention: 7d}").unwrap().records.retention, Some(Duration::from_secs(7 * 86400)));
         assert!(parse("store: postgres://switchyard@db:5432/switchyard").is_ok());
+    }
+
+    #[test]
+    fn trigger_object_access_is_checked_and_the_source_level_one_refused() {
+        let base = "functions:\n  - {name: f, runtime: http, url: 'http://x/'}\ntriggers:\n  - {name: plain, function: f}\n  - name: t\n    function: f\n";
+        let c = parse(&format!(
+            "{base}    object: {{metadata: true, presign: 5m, inline_max_bytes: 1024, aws: {{endpoint_url: 'http://127.0.0.1:5055', force_path_style: true}}}}\n"
+        ))
+        .unwrap();
+        assert!(c.triggers[0].object.is_none());
+        let o = c.triggers[1].object.as_ref().unwrap();
+        assert_eq!((o.metadata, o.presign, o.inline_max_bytes), (true, Some(Duration::from_secs(300)), Some(1024)));
+        assert!(o.aws.as_ref().is_some_and(|a| a.force_path_style));
+        let field = |y: &str| parse(&format!("{base}    object: {y}\n")).unwrap_err().field().map(str::to_owned);
+        assert_eq!(field("{presign: 30d}").as_deref(), Some("triggers[1].object.presign"));
+        assert_eq!(field("{inline_max_bytes: 0}").as_deref(), Some("triggers[1].object.inline_max_bytes"));
+        assert_eq!(field("{}").as_deref(), Some("triggers[1].object"));
+        assert_eq!(
+            field("{metadata: true, aws: {endpoint_url: nowhere}}").as_deref(),
+            Some("triggers[1].object.aws.endpoint_url")
+        );
+        let text = "sources:\n  - type: s3\n    name: up\n    sns: {}\n    object: {metadata: true}\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.field(), e.line()), (Some("sources[0].object"), Some(5)));
+        assert!(e.to_string().contains("move `object:` to each trigger"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::aws;
 use super::binding::{self, Notification};
-use super::object::Enricher;
+use super::object::ObjectClient;
 use super::sns::{self, SnsError, SnsMessage};
 use crate::{Delivery, Outcome, Source, SourceContext, SourceError};
 
@@ -89,18 +89,6 @@ impl S3Source {
     pub fn http_handle(&self) -> Option<S3HttpHandle> {
         self.requests.as_ref().map(|(tx, _)| S3HttpHandle { tx: tx.clone() })
     }
-
-    async fn enricher(&self, sdk: Option<&aws_config::SdkConfig>) -> Option<Enricher> {
-        let o = &self.config.object;
-        if !(o.metadata || o.presign.is_some() || o.inline_max_bytes.is_some()) {
-            return None;
-        }
-        let client = match sdk {
-            Some(sdk) => aws::s3_client(sdk, &self.config.aws),
-            None => aws::s3_client(&aws::sdk_config(&self.config.aws, None).await, &self.config.aws),
-        };
-        Enricher::new(client, o.clone())
-    }
 }
 
 #[async_trait::async_trait]
@@ -123,8 +111,11 @@ impl Source for S3Source {
         } else {
             return Ok(());
         };
-        let shared =
-            Arc::new(Shared { enricher: self.enricher(None).await, config: self.config.clone(), ctx: ctx.clone() });
+        let shared = Arc::new(Shared {
+            objects: ObjectClient::new(self.config.aws.clone()),
+            config: self.config.clone(),
+            ctx: ctx.clone(),
+        });
         tracing::info!(path = %format!("/ingest/s3/{}", self.config.name), "accepting S3 notifications over HTTP");
         run_http(rx, Arc::new(input), shared).await;
         Ok(())
@@ -134,7 +125,8 @@ impl Source for S3Source {
 /// What request handlers and message tasks share.
 struct Shared {
     config: S3SourceConfig,
-    enricher: Option<Enricher>,
+    /// For the object access of the triggers the events reach (built on first use).
+    objects: ObjectClient,
     ctx: SourceContext,
 }
 
@@ -148,20 +140,18 @@ struct Summary {
 }
 
 impl Shared {
-    /// Filters, enriches and delivers `events`, and waits until each is terminal and recorded.
+    /// Filters and delivers `events` (with the source's S3 client for the triggers' object access), and waits until each is terminal and recorded.
     async fn deliver(&self, events: Vec<CloudEvent>) -> Summary {
         let mut summary = Summary::default();
         let mut acks = Vec::new();
-        for mut event in events {
+        for event in events {
             if !binding::matches(&self.config.filter, &event) {
                 tracing::trace!(event_id = %event.id, "filtered out");
                 continue;
             }
-            if let Some(e) = &self.enricher {
-                e.enrich(&mut event).await;
-            }
             tracing::trace!(event_id = %event.id, ty = %event.ty, "s3 event");
             let (delivery, ack) = Delivery::new(event);
+            let delivery = delivery.with_object_client(self.objects.clone());
             if self.ctx.deliveries.send(delivery).await.is_err() {
                 summary.abandoned = true;
                 break;
@@ -328,7 +318,7 @@ impl S3Source {
             );
         }
         let shared = Arc::new(Shared {
-            enricher: self.enricher(Some(&sdk)).await,
+            objects: ObjectClient::from_sdk(&sdk, &self.config.aws),
             config: self.config.clone(),
             ctx: ctx.clone(),
         });

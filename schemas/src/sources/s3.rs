@@ -29,13 +29,15 @@ pub struct S3SourceConfig {
     /// Which records become events; the others are acknowledged and dropped.
     #[serde(default)]
     pub filter: S3Filter,
-    /// AWS client settings (region, endpoint, credentials) for SQS and object access.
+    /// AWS client settings (region, endpoint, credentials) for SQS, and for the object access of the
+    /// triggers its events reach (`triggers[].object`).
     #[serde(default)]
     pub aws: AwsSettings,
-    /// What to add to each event from the object itself (HeadObject metadata, a presigned URL, the
-    /// content). Default: nothing, and no S3 calls.
-    #[serde(default)]
-    pub object: ObjectAccess,
+    /// No longer here: object access is set per trigger (`triggers[].object`). Accepted only to
+    /// refuse it with an error that says so; not part of the schema.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub object: Option<serde::de::IgnoredAny>,
 }
 
 /// The SQS input.
@@ -143,7 +145,8 @@ pub struct AwsSettings {
     pub force_path_style: bool,
 }
 
-/// Object access added to each event (not for `ObjectRemoved` events: the object is gone).
+/// A trigger's object access: what its invocations of S3 events (`com.amazonaws.s3.*`) get from the
+/// object itself. Not for `ObjectRemoved` events: the object is gone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectAccess {
@@ -160,6 +163,11 @@ pub struct ObjectAccess {
     /// many bytes (larger objects get no content, never a truncated one). At most 4 MiB. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_max_bytes: Option<u64>,
+    /// AWS client settings for events that did not come from a `type: s3` source (S3 notifications
+    /// through a `kafka`, `nats` or `amqp` source with `s3_notifications: true`). Events from a
+    /// `type: s3` source always use that source's `aws`. Default: the usual AWS environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSettings>,
 }
 
 const fn default_wait_time() -> Duration {
@@ -247,29 +255,71 @@ impl S3SourceConfig {
                 ));
             }
         }
-        if let Some(e) = &self.aws.endpoint_url {
+        self.aws.validate(&format!("{at}.aws"))?;
+        if self.object.is_some() {
+            return Err(FieldError::new(
+                format!("{at}.object"),
+                "object access is set per trigger now: move `object:` to each trigger that wants it \
+                 (`triggers[].object`; this source's `aws` settings still apply to its events)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AwsSettings {
+    /// Checks the settings. `at` is the field path, e.g. `sources[0].aws`.
+    ///
+    /// # Errors
+    /// The first problem, with the field path.
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        if let Some(e) = &self.endpoint_url {
             if !url::Url::parse(e).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
-                return Err(FieldError::new(format!("{at}.aws.endpoint_url"), format!("{e:?} is not an http(s) URL")));
+                return Err(FieldError::new(format!("{at}.endpoint_url"), format!("{e:?} is not an http(s) URL")));
             }
         }
-        if self.aws.access_key_id.is_some() != self.aws.secret_access_key.is_some() {
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(FieldError::new(
-                format!("{at}.aws.secret_access_key"),
+                format!("{at}.secret_access_key"),
                 "access_key_id and secret_access_key go together",
             ));
         }
-        if let Some(p) = self.object.presign {
+        Ok(())
+    }
+}
+
+impl ObjectAccess {
+    /// Whether anything is asked for (otherwise no S3 calls are made).
+    pub const fn wants_anything(&self) -> bool {
+        self.metadata || self.presign.is_some() || self.inline_max_bytes.is_some()
+    }
+
+    /// Checks the settings. `at` is the field path, e.g. `triggers[0].object`.
+    ///
+    /// # Errors
+    /// The first problem, with the field path.
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        if !self.wants_anything() {
+            return Err(FieldError::new(
+                at,
+                "asks for nothing: set `metadata: true`, `presign` or `inline_max_bytes` (or remove `object`)",
+            ));
+        }
+        if let Some(p) = self.presign {
             if p < Duration::from_secs(1) || p > Duration::from_secs(7 * 24 * 3600) {
-                return Err(FieldError::new(format!("{at}.object.presign"), "between 1s and 7d"));
+                return Err(FieldError::new(format!("{at}.presign"), "between 1s and 7d"));
             }
         }
-        if let Some(n) = self.object.inline_max_bytes {
+        if let Some(n) = self.inline_max_bytes {
             if n == 0 || n > MAX_INLINE_BYTES {
                 return Err(FieldError::new(
-                    format!("{at}.object.inline_max_bytes"),
+                    format!("{at}.inline_max_bytes"),
                     format!("between 1 and {MAX_INLINE_BYTES}"),
                 ));
             }
+        }
+        if let Some(aws) = &self.aws {
+            aws.validate(&format!("{at}.aws"))?;
         }
         Ok(())
     }
@@ -296,9 +346,45 @@ mod tests {
         assert!(!c.is_http());
         let c = parse("name: up\nsns: {}\nfilter: {events: ['s3:ObjectCreated:*']}\n").unwrap();
         assert!(c.sns.as_ref().unwrap().verify_signatures && c.is_http());
-        let c = parse("name: up\nwebhook: {token: 0123456789abcdef}\nobject: {presign: 15m, inline_max_bytes: 1024}\n")
-            .unwrap();
-        assert_eq!(c.object.presign, Some(Duration::from_secs(900)));
+        let c = parse("name: up\nwebhook: {token: 0123456789abcdef}\n").unwrap();
+        assert!(c.object.is_none());
+    }
+
+    #[test]
+    fn object_access_on_the_source_says_to_move_it_to_the_triggers() {
+        let e = parse("name: up\nwebhook: {token: 0123456789abcdef}\nobject: {presign: 15m}\n").unwrap_err();
+        assert!(e.starts_with("sources[0].object: "), "{e}");
+        assert!(e.contains("triggers[].object"), "{e}");
+        // Not written back out (the API and `apply` never show it).
+        let c: S3SourceConfig = serde_yaml::from_str("name: up\nsns: {}\nobject: {metadata: true}\n").unwrap();
+        assert!(!serde_yaml::to_string(&c).unwrap().contains("object"));
+    }
+
+    #[test]
+    fn object_access_limits_name_the_field() {
+        let check = |y: &str| {
+            let o: ObjectAccess = serde_yaml::from_str(y).map_err(|e| e.to_string())?;
+            o.validate("triggers[1].object").map_err(|e| e.to_string()).map(|()| o)
+        };
+        let o = check(
+            "{metadata: true, presign: 5m, inline_max_bytes: 1024, aws: {endpoint_url: 'http://127.0.0.1:5055'}}",
+        )
+        .unwrap();
+        assert_eq!((o.presign, o.inline_max_bytes), (Some(Duration::from_secs(300)), Some(1024)));
+        assert!(check("{}").unwrap_err().starts_with("triggers[1].object: asks for nothing"));
+        assert!(check("{metadata: false}").unwrap_err().contains("asks for nothing"));
+        assert!(check("{presign: 0s}").unwrap_err().starts_with("triggers[1].object.presign:"));
+        assert!(check("{presign: 8d}").unwrap_err().starts_with("triggers[1].object.presign:"));
+        assert!(check("{inline_max_bytes: 0}").unwrap_err().starts_with("triggers[1].object.inline_max_bytes:"));
+        assert!(check("{inline_max_bytes: 4194305}").unwrap_err().contains("object.inline_max_bytes"));
+        assert!(check("{inline_max_bytes: 4194304}").is_ok());
+        assert!(check("{metadata: true, aws: {endpoint_url: moto}}")
+            .unwrap_err()
+            .starts_with("triggers[1].object.aws.endpoint_url:"));
+        assert!(check("{metadata: true, aws: {access_key_id: a}}")
+            .unwrap_err()
+            .starts_with("triggers[1].object.aws.secret_access_key:"));
+        assert!(check("{metadata: true, colour: red}").unwrap_err().contains("colour"));
     }
 
     #[test]
@@ -314,7 +400,7 @@ mod tests {
         assert!(err("name: up\nsns: {topic_arns: [topic]}\n").contains("sns.topic_arns[0]"));
         assert!(err("name: up\nsns: {}\nfilter: {events: ['Object*Created']}\n").contains("filter.events[0]"));
         assert!(err("name: up\nsns: {}\naws: {access_key_id: a}\n").contains("aws.secret_access_key"));
-        assert!(err("name: up\nsns: {}\nobject: {inline_max_bytes: 0}\n").contains("object.inline_max_bytes"));
+        assert!(err("name: up\nsns: {}\naws: {endpoint_url: 'ftp://x'}\n").contains("sources[0].aws.endpoint_url"));
         assert!(err("name: up\nsns: {}\ncolour: red\n").contains("colour"));
     }
 }
