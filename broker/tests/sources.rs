@@ -1,6 +1,7 @@
 //! Sources through the API (`/api/v1/sources`), against the machine's NATS server and PostgreSQL:
 //! on one node with SQLite a JetStream source is started, replaced and stopped at runtime (the old
-//! consumer's messages stay pending once it is replaced or deleted); bad bodies and sources of the
+//! consumer's messages stay pending once it is replaced or deleted, and a replacement lets the old
+//! source's in-flight delivery finish and ack first); bad bodies and sources of the
 //! config file are refused; cron and S3 webhook sources created at runtime reach the cron API and the
 //! ingest endpoint and survive a restart. On PostgreSQL, a source created on one `switchyard serve`
 //! replica runs on the other, and a cron source created by the API fires once per tick across both.
@@ -134,6 +135,44 @@ async fn a_jetstream_source_put_through_the_api_starts_is_replaced_and_stops() {
     let left = fetch_pending(&js, &stream, &d2).await;
     assert_eq!(left.subject.as_str(), bsub);
     assert_eq!(store.count(Some(Status::Success)).await.unwrap(), 5);
+    assert!(b.running.shutdown().await);
+    js.delete_stream(&stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_source_finishes_and_acks_its_in_flight_delivery_before_the_answer() {
+    let js = js().await;
+    let (stream, subject) = stream_and_subject();
+    create_stream(&js, &stream, &subject).await;
+    let (a, bsub) = (format!("{subject}.a"), format!("{subject}.b"));
+    let (d1, d2) = (format!("d1{stream}"), format!("d2{stream}"));
+    let fs = function_server().await;
+    let b = broker(&config(&fs.url("/slow/1500"), "")).await;
+    let put = |body: Value| send(&b, reqwest::Method::PUT, "/api/v1/sources/js", Some(body));
+    assert_eq!(put(nats_source(&stream, &d1, &a)).await.0, 201);
+    let started = fs.seen.slow_started.notified();
+    tokio::pin!(started);
+    started.as_mut().enable();
+    publish(&js, &a, 1).await;
+    tokio::time::timeout(Duration::from_secs(30), started).await.expect("the function was called");
+    // The replacement waits for the running invocation: when it answers, the record is written.
+    let (status, body) = put(nats_source(&stream, &d2, &bsub)).await;
+    assert_eq!((status, body["change"].as_str()), (200, Some("replaced")), "{body}");
+    let records = b.running.dispatcher.store().list(&RecordQuery::default()).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, Status::Success, "finished, not abandoned: {:?}", records[0]);
+    // And the message was acked: nothing pending or waiting for an ack on the old consumer.
+    let mut consumer: PullConsumer = js.get_consumer_from_stream(&d1, &stream).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if (info.num_pending, info.num_ack_pending, info.ack_floor.stream_sequence) == (0, 0, 1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the in-flight message was not acked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fs.seen.calls.lock().unwrap().values().sum::<usize>(), 1, "invoked once");
     assert!(b.running.shutdown().await);
     js.delete_stream(&stream).await.unwrap();
 }
