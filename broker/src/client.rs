@@ -259,6 +259,57 @@ impl Client {
         Ok(())
     }
 
+    /// `switchyard sources ...`.
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses a change (the message names the field); `apply`
+    /// stops at the first source refused, after printing what it applied before.
+    pub async fn sources(&self, op: SourcesOp) -> Result<()> {
+        match op {
+            SourcesOp::List { json } => {
+                let v = self.json(self.req(reqwest::Method::GET, "/api/v1/sources")).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                println!("{:<24}  {:<6}  {:<7}  {:<7}", "NAME", "TYPE", "ORIGIN", "RUNNING");
+                for s in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    let text = |p: &str| s.pointer(p).and_then(Value::as_str).unwrap_or("-").to_owned();
+                    let running = s.get("running").and_then(Value::as_bool).unwrap_or(false);
+                    println!(
+                        "{:<24}  {:<6}  {:<7}  {:<7}",
+                        text("/name"),
+                        text("/config/type"),
+                        text("/origin"),
+                        if running { "yes" } else { "no" }
+                    );
+                }
+            }
+            SourcesOp::Apply { sources } => {
+                for source in sources {
+                    let name = source.name().to_owned();
+                    let path = format!("/api/v1/sources/{name}");
+                    let v = self
+                        .json(self.req(reqwest::Method::PUT, &path).json(&source))
+                        .await
+                        .with_context(|| format!("source {name:?}"))?;
+                    println!("{name}: {}", v.get("change").and_then(Value::as_str).unwrap_or("applied"));
+                }
+            }
+            SourcesOp::Delete { name } => {
+                let path = format!("/api/v1/sources/{name}");
+                let (status, _, body) = self.send(self.req(reqwest::Method::DELETE, &path)).await?;
+                if !(200..300).contains(&status) {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("").to_owned();
+                    bail!("broker answered {status}: {msg}");
+                }
+                println!("{name}: deleted");
+            }
+        }
+        Ok(())
+    }
+
     /// `switchyard cron ...`.
     ///
     /// # Errors
@@ -312,6 +363,26 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A `switchyard sources` operation.
+#[derive(Debug, Clone)]
+pub enum SourcesOp {
+    /// List sources.
+    List {
+        /// Print JSON.
+        json: bool,
+    },
+    /// Create or replace these sources.
+    Apply {
+        /// The sources (validated).
+        sources: Vec<switchyard_schemas::config::SourceConfig>,
+    },
+    /// Delete a source.
+    Delete {
+        /// The source.
+        name: String,
+    },
 }
 
 /// A `switchyard cron` operation.

@@ -2,7 +2,7 @@
 //! their next fire times, pause and resume them, and fire one now.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -10,34 +10,11 @@ use switchyard_connectors::cron::{CronHandle, CronSource};
 use switchyard_connectors::Source;
 use switchyard_schemas::config::SourceConfig;
 
-/// Handles on the configured cron sources, by name; cheap to clone.
+/// Handles on the running cron sources, by name; cheap to clone (clones share the map). Sources
+/// added, replaced or removed at runtime update it.
 #[derive(Debug, Clone, Default)]
 pub struct CronSources {
-    handles: Arc<BTreeMap<String, CronHandle>>,
-}
-
-/// Collects cron handles while the sources are built.
-#[derive(Debug, Default)]
-pub struct CronSourcesBuilder {
-    handles: BTreeMap<String, CronHandle>,
-}
-
-impl CronSourcesBuilder {
-    /// Builds the source for `config`, keeping a handle when it is a cron source.
-    pub fn build(&mut self, config: &SourceConfig) -> Box<dyn Source> {
-        #[allow(irrefutable_let_patterns)]
-        if let SourceConfig::Cron(c) = config {
-            let source = CronSource::new(c.clone());
-            self.handles.insert(c.name.clone(), source.handle());
-            return Box::new(source);
-        }
-        switchyard_connectors::build(config)
-    }
-
-    /// The handles collected.
-    pub fn finish(self) -> CronSources {
-        CronSources { handles: Arc::new(self.handles) }
-    }
+    handles: Arc<RwLock<BTreeMap<String, CronHandle>>>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -45,14 +22,35 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 impl CronSources {
+    /// Builds the source for `config`. A cron source's handle replaces any under its name; any
+    /// other kind of source removes it (the name is no longer a cron schedule).
+    pub fn build(&self, config: &SourceConfig) -> Box<dyn Source> {
+        if let SourceConfig::Cron(c) = config {
+            let source = CronSource::new(c.clone());
+            self.write().insert(c.name.clone(), source.handle());
+            return Box::new(source);
+        }
+        self.remove(config.name());
+        switchyard_connectors::build(config)
+    }
+
+    /// Forgets the source named `name` (it was removed).
+    pub fn remove(&self, name: &str) {
+        self.write().remove(name);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, CronHandle>> {
+        self.handles.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The source named `name`.
-    pub fn get(&self, name: &str) -> Option<&CronHandle> {
-        self.handles.get(name)
+    pub fn get(&self, name: &str) -> Option<CronHandle> {
+        self.handles.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
     }
 
     /// Every cron source, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &CronHandle> {
-        self.handles.values()
+    pub fn list(&self) -> Vec<CronHandle> {
+        self.handles.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
     /// A source as JSON: configuration, status and its next `next` fire times.

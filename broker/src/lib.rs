@@ -6,4 +6,5 @@ pub mod app;
 pub mod client;
 pub mod cron_ops;
 pub mod registry;
+pub mod sources;
 pub mod telemetry;

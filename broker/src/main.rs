@@ -89,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         command: FunctionsCommand,
     },
+    /// Message sources: list; create, replace or delete them through the API (stored in the shared
+    /// registry, so every replica runs them).
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
     /// Cron schedules: list, next fire times, pause, resume, fire now.
     Cron {
         #[command(subcommand)]
@@ -261,6 +267,34 @@ enum EventsCommand {
 }
 
 #[derive(Subcommand)]
+enum SourcesCommand {
+    /// List sources (the config file's and the API's).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create or replace the sources of a YAML file (its `sources:` list, as in switchyard.yaml;
+    /// validated as a config file, with `${ENV}` substitution).
+    Apply {
+        /// The file.
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a source created through the API (it drains, then stops on every replica).
+    Delete {
+        /// The source.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum FunctionsCommand {
     /// List functions.
     List {
@@ -399,6 +433,33 @@ async fn main() -> ExitCode {
             Ok(c) => c.logs(&function, lines, follow).await,
             Err(e) => Err(e),
         },
+        Command::Sources { command } => {
+            let (remote, op) = match command {
+                SourcesCommand::List { json, remote } => (remote, client::SourcesOp::List { json }),
+                SourcesCommand::Apply { file, remote } => {
+                    let config = match load(&file) {
+                        Ok(c) => c,
+                        Err(code) => return code,
+                    };
+                    if config.sources.is_empty() {
+                        eprintln!("switchyard: {}: no `sources` to apply", file.display());
+                        return ExitCode::from(EX_USAGE);
+                    }
+                    if !config.functions.is_empty() || !config.triggers.is_empty() {
+                        eprintln!(
+                            "note: {} also has functions or triggers; `sources apply` applies only its sources",
+                            file.display()
+                        );
+                    }
+                    (remote, client::SourcesOp::Apply { sources: config.sources })
+                }
+                SourcesCommand::Delete { name, remote } => (remote, client::SourcesOp::Delete { name }),
+            };
+            match Client::new(&remote.url, remote.token) {
+                Ok(c) => c.sources(op).await,
+                Err(e) => Err(e),
+            }
+        }
         Command::Functions { command: FunctionsCommand::List { remote } } => {
             match Client::new(&remote.url, remote.token) {
                 Ok(c) => c.functions_list().await,

@@ -1,5 +1,5 @@
 //! The `switchyard` binary: `validate` exit codes and messages, and `serve` draining in-flight work
-//! on SIGTERM before exiting 0, with `invoke` and `events` talking to it.
+//! on SIGTERM before exiting 0, with `invoke`, `events` and `sources` talking to it.
 
 mod common;
 
@@ -132,6 +132,71 @@ async fn invoke_and_events_commands_talk_to_the_broker() {
     .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    b.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn sources_apply_list_and_delete_go_through_the_api() {
+    let b = common::broker("server: {tokens: ['cli-token-123']}\n").await;
+    let url = b.url("");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sources.yaml");
+    let run = |args: Vec<String>, token: Option<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = bin();
+            cmd.args(&args).env("SWITCHYARD_URL", url).env("CRON_TZ_FOR_TEST", "Europe/Berlin");
+            match token {
+                Some(t) => cmd.env("SWITCHYARD_TOKEN", t),
+                None => cmd.env_remove("SWITCHYARD_TOKEN"),
+            };
+            cmd.output().unwrap()
+        })
+    };
+    let apply = vec!["sources".into(), "apply".into(), "-f".into(), file.display().to_string()];
+    // `${ENV}` is substituted as in a config file.
+    std::fs::write(
+        &file,
+        "sources:\n  - {type: cron, name: nightly, schedule: '0 3 * * *', timezone: '${CRON_TZ_FOR_TEST}'}\n",
+    )
+    .unwrap();
+    let out = run(apply.clone(), Some("cli-token-123")).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nightly: created\n");
+    let out = run(apply.clone(), Some("cli-token-123")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nightly: unchanged\n");
+    assert_eq!(b.running.dispatcher.store().registry_since(0).await.unwrap().len(), 1, "stored in the registry");
+    let out = run(vec!["sources".into(), "list".into()], Some("cli-token-123")).await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>() == ["nightly", "cron", "api", "yes"]),
+        "{table}"
+    );
+    let out = run(vec!["cron".into(), "list".into()], Some("cli-token-123")).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Europe/Berlin"));
+    // An invalid file is refused before anything is sent, with the file, line and field.
+    std::fs::write(&file, "sources:\n  - type: nats\n    name: n\n").unwrap();
+    let out = run(apply.clone(), Some("cli-token-123")).await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sources[0].subjects"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the token: 401.
+    let out = run(vec!["sources".into(), "delete".into(), "nightly".into()], None).await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = run(vec!["sources".into(), "delete".into(), "nightly".into()], Some("cli-token-123")).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        b.running.dispatcher.store().registry_since(0).await.unwrap()[0].config.is_none(),
+        "the deletion is stored"
+    );
+    let out = run(vec!["sources".into(), "delete".into(), "nightly".into()], Some("cli-token-123")).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     b.running.shutdown().await;
 }
 

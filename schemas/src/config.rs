@@ -1021,7 +1021,11 @@ impl DeliveryPolicy {
     }
 }
 
-pub(crate) fn check_name(name: &str, field: &str) -> Result<(), FieldError> {
+/// Checks a function, source or trigger name (1-63 letters, digits, `-` or `_`); `field` is its path.
+///
+/// # Errors
+/// A [`FieldError`] on `field`.
+pub fn check_name(name: &str, field: &str) -> Result<(), FieldError> {
     let ok =
         !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {

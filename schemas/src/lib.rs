@@ -19,6 +19,7 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "cold_start", include_str!("../sql/sqlite/0003_cold_start.sql")),
     (4, "replay", include_str!("../sql/sqlite/0004_replay.sql")),
     (5, "registry", include_str!("../sql/sqlite/0005_registry.sql")),
+    (6, "registry_sources", include_str!("../sql/sqlite/0006_registry_sources.sql")),
 ];
 
 /// PostgreSQL migrations in order: (version, name, SQL). Applied by the records store at start, under
@@ -27,4 +28,5 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "event_records", include_str!("../sql/postgres/0001_event_records.sql")),
     (2, "source_state", include_str!("../sql/postgres/0002_source_state.sql")),
     (3, "registry", include_str!("../sql/postgres/0003_registry.sql")),
+    (4, "registry_sources", include_str!("../sql/postgres/0004_registry_sources.sql")),
 ];

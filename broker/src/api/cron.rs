@@ -19,7 +19,7 @@ pub struct NextQuery {
     n: Option<usize>,
 }
 
-fn handle<'a>(state: &'a AppState, name: &str) -> Result<&'a CronHandle, ApiError> {
+fn handle(state: &AppState, name: &str) -> Result<CronHandle, ApiError> {
     state.cron.get(name).ok_or_else(|| ApiError::not_found(format!("no cron source named {name:?}")))
 }
 
@@ -41,13 +41,13 @@ fn status_json(name: &str, s: &CronStatus) -> Value {
 
 /// Every cron source with its next fire time.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let items: Vec<Value> = state.cron.iter().map(|h| CronSources::describe(h, 1)).collect();
+    let items: Vec<Value> = state.cron.list().iter().map(|h| CronSources::describe(h, 1)).collect();
     Json(json!({"items": items}))
 }
 
 /// One cron source.
 pub async fn get_one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(CronSources::describe(handle(&state, &name)?, 1)))
+    Ok(Json(CronSources::describe(&handle(&state, &name)?, 1)))
 }
 
 /// The next `n` (default 5) fire times.

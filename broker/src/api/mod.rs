@@ -7,6 +7,7 @@ mod functions;
 mod logs;
 mod replay;
 mod s3;
+mod sources;
 mod triggers;
 
 use std::sync::Arc;
@@ -33,7 +34,9 @@ pub struct AppState {
     /// The running cron sources (list, pause, resume, fire now).
     pub cron: crate::cron_ops::CronSources,
     /// The HTTP endpoints of `s3` sources (`sns`, `webhook`) by source name.
-    pub s3: Arc<std::collections::BTreeMap<String, switchyard_connectors::s3::S3HttpHandle>>,
+    pub s3: crate::sources::S3Handles,
+    /// The running sources (list, create, replace, delete).
+    pub sources: crate::sources::Sources,
 }
 
 /// An API failure: status, a stable machine-readable code, and a message for people.
@@ -122,6 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/functions/invoke/{name}", post(functions::invoke_post).get(functions::invoke_get))
         .route("/api/v1/triggers", get(triggers::list).post(triggers::create))
         .route("/api/v1/triggers/{name}", get(triggers::get_one).put(triggers::update).delete(triggers::delete))
+        .route("/api/v1/sources", get(sources::list))
+        .route("/api/v1/sources/{name}", get(sources::get_one).put(sources::put).delete(sources::delete))
         .route("/api/v3/events", get(events::list))
         .route("/api/v3/events/{id}", get(events::get_one))
         .route("/api/v1/replay", post(replay::replay))

@@ -1,5 +1,5 @@
-//! The shared registry on the store: functions and triggers changed through the API, kept so they
-//! survive restarts and reach every replica. Each change gets a revision from one counter; a replica
+//! The shared registry on the store: functions, triggers and sources changed through the API, kept so
+//! they survive restarts and reach every replica. Each change gets a revision from one counter; a replica
 //! applies what is newer than what it has seen. On PostgreSQL a change is announced with
 //! `NOTIFY switchyard_registry`; on SQLite replicas (processes sharing one file) poll.
 
@@ -24,13 +24,26 @@ pub enum Kind {
     Function,
     /// A trigger.
     Trigger,
+    /// A message source.
+    Source,
 }
 
 impl Kind {
-    const fn as_str(self) -> &'static str {
+    /// The stored name of the kind.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Function => "function",
             Self::Trigger => "trigger",
+            Self::Source => "source",
+        }
+    }
+
+    fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "function" => Some(Self::Function),
+            "trigger" => Some(Self::Trigger),
+            "source" => Some(Self::Source),
+            _ => None,
         }
     }
 }
@@ -123,11 +136,13 @@ impl RecordStore {
         .map_err(q("registry read"))?;
         Ok(rows
             .into_iter()
-            .map(|(kind, name, config, revision)| Entry {
-                kind: if kind == "trigger" { Kind::Trigger } else { Kind::Function },
-                name,
-                config,
-                revision,
+            .filter_map(|(kind, name, config, revision)| match Kind::parse(&kind) {
+                Some(kind) => Some(Entry { kind, name, config, revision }),
+                None => {
+                    // Written by a newer version: skipped here, not misread as another kind.
+                    tracing::warn!(%kind, %name, revision, "registry: unknown kind; entry skipped");
+                    None
+                }
             })
             .collect())
     }
