@@ -129,6 +129,25 @@ fn tpl_of(offsets: &[(Tp, i64)]) -> TopicPartitionList {
     tpl
 }
 
+/// A synchronous commit, tried up to 5 times over about 3 s: a commit that fails on a passing broker
+/// error (a leader or coordinator moving, a timeout) at a rebalance or at shutdown would otherwise
+/// send a whole in-flight window to be redelivered.
+fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, commits: &[(Tp, i64)]) -> KafkaResult<()> {
+    let tpl = tpl_of(commits);
+    let mut attempt = 1;
+    loop {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                tracing::debug!(error = %e, attempt, "synchronous commit failed; retrying");
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn plain_tpl(tps: &[Tp]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition) in tps {
@@ -172,7 +191,7 @@ impl ConsumerContext for Callbacks {
                 let commits = self.offsets.to_commit(Some(&tps));
                 let lost = consumer.assignment_lost();
                 if !commits.is_empty() && !lost {
-                    match consumer.commit(&tpl_of(&commits), CommitMode::Sync) {
+                    match commit_sync(consumer, &commits) {
                         Ok(()) => self.offsets.committed(&commits),
                         Err(e) => tracing::warn!(source = %self.source, error = %e, "commit on revoke failed"),
                     }
@@ -348,7 +367,7 @@ fn consume(
     }
     let commits = offsets.to_commit(None);
     if !commits.is_empty() {
-        match consumer.commit(&tpl_of(&commits), CommitMode::Sync) {
+        match commit_sync(consumer, &commits) {
             Ok(()) => offsets.committed(&commits),
             Err(e) => tracing::warn!(error = %e, "final commit failed; uncommitted messages will be redelivered"),
         }
