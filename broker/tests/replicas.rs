@@ -7,7 +7,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use common::{function_server, process_yaml, unique, wait_successes, Serve};
 use switchyard_dispatcher::records::{RecordQuery, RecordStore, TestDatabase};
 
@@ -29,17 +28,8 @@ async fn records_of(store: &RecordStore, function: &str) -> Vec<switchyard_schem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_postgres_share_a_stream_fire_each_cron_tick_once_and_survive_a_kill() {
     let Some(db) = TestDatabase::create().await else { return };
-    let nats = async_nats::connect("nats://127.0.0.1:4222").await.expect("NATS runs on 127.0.0.1:4222");
-    let js = jetstream::new(nats);
     let (stream, subject) = (unique("SYR").replace('-', ""), unique("sy.r").replace('-', ""));
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{subject}.>")],
-        storage: jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = common::jetstream_with_stream(&stream, &subject).await;
     let (fs1, fs2) = (function_server().await, function_server().await);
     let store = RecordStore::open(&db.url).await.unwrap(); // migrated once before the replicas race
     let sources = format!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration, TopicConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::{broker, function_server, process_yaml, unique, wait_successes, Serve};
+use common::{broker, function_server, jetstream_with_stream, process_yaml, unique, wait_successes, Serve};
 use switchyard_dispatcher::records::{RecordQuery, RecordStore};
 use switchyard_schemas::sources::s3::AwsSettings;
 use switchyard_schemas::{EventRecord, Status};
@@ -305,20 +305,9 @@ async fn object_access_is_per_trigger_on_one_s3_source() {
 #[tokio::test]
 async fn nats_s3_notifications_get_object_access_through_the_trigger_aws_settings() {
     let Some(m) = moto().await else { return };
-    let client = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .unwrap_or_else(|e| panic!("NATS must run on 127.0.0.1:4222 (scripts/test.sh starts it): {e}"));
-    let js = async_nats::jetstream::new(client);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (stream, subject) = (format!("S3O{id}"), format!("s3o.{id}"));
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{subject}.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = jetstream_with_stream(&stream, &subject).await;
     let bucket = unique("sy");
     m.s3.create_bucket().bucket(&bucket).send().await.unwrap();
     m.put(&bucket, "in/a b.csv", b"a,b\n1,2\n").await;
@@ -525,20 +514,9 @@ async fn sqs_serve_killed_mid_run_loses_nothing() {
 
 #[tokio::test]
 async fn nats_messages_with_s3_json_become_s3_events_when_the_source_asks() {
-    let client = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .unwrap_or_else(|e| panic!("NATS must run on 127.0.0.1:4222 (scripts/test.sh starts it): {e}"));
-    let js = async_nats::jetstream::new(client);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (stream, subject) = (format!("S3N{id}"), format!("s3n.{id}"));
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{subject}.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = jetstream_with_stream(&stream, &subject).await;
     let fs = function_server().await;
     let yaml = format!(
         "{}sources:\n  - type: nats\n    name: n\n    s3_notifications: true\n    jetstream: {{stream: {stream}}}\n",

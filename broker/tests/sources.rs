@@ -12,36 +12,39 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use common::{broker, broker_on, function_server, successes, wait_successes, Broker, Serve};
+use common::{broker, broker_on, function_server, jetstream_with_stream, successes, wait_successes, Broker, Serve};
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 use switchyard_dispatcher::records::{RecordQuery, RecordStore, TestDatabase};
 use switchyard_schemas::Status;
 
-const NATS: &str = "nats://127.0.0.1:4222";
-
-async fn js() -> jetstream::Context {
-    let client = async_nats::connect(NATS)
-        .await
-        .unwrap_or_else(|e| panic!("NATS must run on {NATS} (scripts/test.sh starts it): {e}"));
-    jetstream::new(client)
-}
-
-/// A random stream name and subject prefix.
-fn stream_and_subject() -> (String, String) {
+/// A memory stream with a random name capturing a random subject prefix: (context, stream, subject).
+async fn new_stream() -> (jetstream::Context, String, String) {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    (format!("SYSRC{id}"), format!("sy.src.{id}"))
+    let (stream, subject) = (format!("SYSRC{id}"), format!("sy.src.{id}"));
+    (jetstream_with_stream(&stream, &subject).await, stream, subject)
 }
 
-async fn create_stream(js: &jetstream::Context, stream: &str, subject: &str) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: stream.to_owned(),
-        subjects: vec![format!("{subject}.>")],
-        storage: jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+/// A stream, two subjects under it (`a`, `b`), two durable names, and a broker whose functions call
+/// `function_path` on a new function server.
+struct TwoDurables {
+    js: jetstream::Context,
+    stream: String,
+    a: String,
+    bsub: String,
+    d1: String,
+    d2: String,
+    fs: common::FunctionServer,
+    b: Broker,
+}
+
+async fn two_durables(function_path: &str) -> TwoDurables {
+    let (js, stream, subject) = new_stream().await;
+    let (a, bsub) = (format!("{subject}.a"), format!("{subject}.b"));
+    let (d1, d2) = (format!("d1{stream}"), format!("d2{stream}"));
+    let fs = function_server().await;
+    let b = broker(&config(&fs.url(function_path), "")).await;
+    TwoDurables { js, stream, a, bsub, d1, d2, fs, b }
 }
 
 async fn publish(js: &jetstream::Context, subject: &str, n: usize) {
@@ -66,10 +69,20 @@ async fn send(b: &Broker, method: reqwest::Method, path: &str, body: Option<Valu
 
 /// The one message pending on `durable`, fetched by the test itself: it proves no source took it
 /// (a running source keeps a pull request waiting, so the server would have handed it over at once).
+/// A pull request the stopped source left on the server may still have been handed the message; it
+/// then comes back after the consumer's `ack_wait` (5 s) unacked, which is what this waits for.
 async fn fetch_pending(js: &jetstream::Context, stream: &str, durable: &str) -> async_nats::jetstream::Message {
     let mut consumer: PullConsumer = js.get_consumer_from_stream(durable, stream).await.unwrap();
-    let info = consumer.info().await.unwrap().clone();
-    assert_eq!((info.num_pending, info.num_ack_pending), (1, 0), "{durable}: one message waits, none is being handled");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = consumer.info().await.unwrap().clone();
+        if (info.num_pending, info.num_ack_pending) == (1, 0) {
+            break;
+        }
+        let seen = (info.num_pending, info.num_ack_pending, info.num_redelivered);
+        assert!(tokio::time::Instant::now() < deadline, "{durable}: one message should wait unhandled: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
     let message = batch.next().await.expect("the pending message").unwrap();
     message.ack().await.unwrap();
@@ -91,13 +104,7 @@ fn config(function_url: &str, file_sources: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jetstream_source_put_through_the_api_starts_is_replaced_and_stops() {
-    let js = js().await;
-    let (stream, subject) = stream_and_subject();
-    create_stream(&js, &stream, &subject).await;
-    let (a, bsub) = (format!("{subject}.a"), format!("{subject}.b"));
-    let (d1, d2) = (format!("d1{stream}"), format!("d2{stream}"));
-    let fs = function_server().await;
-    let b = broker(&config(&fs.url("/ok"), "")).await;
+    let TwoDurables { js, stream, a, bsub, d1, d2, fs: _fs, b } = two_durables("/ok").await;
     let store = b.running.dispatcher.store().clone();
 
     let (status, body) =
@@ -141,13 +148,7 @@ async fn a_jetstream_source_put_through_the_api_starts_is_replaced_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_source_finishes_and_acks_its_in_flight_delivery_before_the_answer() {
-    let js = js().await;
-    let (stream, subject) = stream_and_subject();
-    create_stream(&js, &stream, &subject).await;
-    let (a, bsub) = (format!("{subject}.a"), format!("{subject}.b"));
-    let (d1, d2) = (format!("d1{stream}"), format!("d2{stream}"));
-    let fs = function_server().await;
-    let b = broker(&config(&fs.url("/slow/1500"), "")).await;
+    let TwoDurables { js, stream, a, bsub, d1, d2, fs, b } = two_durables("/slow/1500").await;
     let put = |body: Value| send(&b, reqwest::Method::PUT, "/api/v1/sources/js", Some(body));
     assert_eq!(put(nats_source(&stream, &d1, &a)).await.0, 201);
     let started = fs.seen.slow_started.notified();
@@ -292,9 +293,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_created_on_one_replica_runs_on_the_other_and_its_cron_ticks_fire_once() {
     let Some(db) = TestDatabase::create().await else { return };
-    let js = js().await;
-    let (stream, subject) = stream_and_subject();
-    create_stream(&js, &stream, &subject).await;
+    let (js, stream, subject) = new_stream().await;
     let (fs1, fs2) = (function_server().await, function_server().await);
     let store = RecordStore::open(&db.url).await.unwrap(); // migrated once before the replicas race
     let dir = tempfile::tempdir().unwrap();

@@ -375,3 +375,21 @@ pub async fn invoke(b: &Broker, name: &str, data: serde_json::Value) -> (u16, se
 pub async fn record(b: &Broker, id: &str) -> EventRecord {
     b.running.dispatcher.store().get(id.parse().unwrap()).await.unwrap().unwrap()
 }
+
+/// A JetStream context on the machine's NATS (127.0.0.1:4222) with a memory stream `stream` that
+/// captures `subject.>`. Fails the test when NATS does not answer.
+pub async fn jetstream_with_stream(stream: &str, subject: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .unwrap_or_else(|e| panic!("NATS must run on 127.0.0.1:4222 (scripts/test.sh starts it): {e}"));
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("{subject}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
