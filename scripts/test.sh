@@ -97,6 +97,13 @@ ensure_moto
 # The PostgreSQL tests create and drop their own databases as this role (trust auth on the machine).
 export SWITCHYARD_TEST_POSTGRES="${SWITCHYARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 
+# rdkafka is built with its `ssl` feature (TLS and SASL SCRAM for the Kafka source) against the system
+# OpenSSL, which openssl-sys finds through pkg-config.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  log "installing libssl-dev and pkg-config (OpenSSL for librdkafka)"
+  apt_install libssl-dev pkg-config
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is not on PATH: install the Rust toolchain (rustup) first"; exit 1
 fi
