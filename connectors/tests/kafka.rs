@@ -3,12 +3,14 @@
 //! tests see exactly what the source takes, hands on and commits.
 
 mod kafka_support;
+mod kafka_tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_support::{create_topic, produce, producer, unique, Tansu};
+use kafka_support::{create_topic, create_topic_with, produce, producer, producer_with, unique, Tansu, TansuOptions};
+use kafka_tls::{TestPki, TlsProxy};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
@@ -60,8 +62,12 @@ fn start(yaml: &str) -> Running {
 }
 
 fn source_yaml(bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
+    named_source_yaml("k", bootstrap, topic, group, extra)
+}
+
+fn named_source_yaml(name: &str, bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
     format!(
-        "type: kafka\nname: k\nbootstrap_servers: ['{bootstrap}']\ntopics: [{topic}]\ngroup: {group}\n\
+        "type: kafka\nname: {name}\nbootstrap_servers: ['{bootstrap}']\ntopics: [{topic}]\ngroup: {group}\n\
          start_offset: earliest\ncluster: test\ncommit_interval: 50ms\n{extra}"
     )
 }
@@ -439,4 +445,148 @@ async fn survives_a_broker_outage_without_loss() {
         (0..3).map(|p| (p, c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)).collect()
     };
     wait_committed(&bootstrap, &group, &topic, &want).await;
+}
+
+/// What this test binary logs (warnings and errors), for the tests that assert what a source
+/// reports. Lines are kept in memory; a watch channel signals each new one.
+mod logs {
+    use std::sync::{Mutex, Once, OnceLock};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    struct Store {
+        lines: Mutex<Vec<String>>,
+        written: watch::Sender<usize>,
+    }
+
+    fn store() -> &'static Store {
+        static STORE: OnceLock<Store> = OnceLock::new();
+        STORE.get_or_init(|| Store { lines: Mutex::new(Vec::new()), written: watch::channel(0).0 })
+    }
+
+    struct Writer;
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            store().lines.lock().unwrap().push(String::from_utf8_lossy(buf).into_owned());
+            store().written.send_modify(|n| *n += 1);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Starts capturing (once per test binary).
+    pub fn capture() {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::WARN)
+                .with_writer(|| Writer)
+                .try_init()
+                .expect("no other tracing subscriber in this test binary");
+        });
+    }
+
+    /// The first line logged that contains every one of `needles`, waiting up to `secs`.
+    pub async fn wait_for(needles: &[&str], secs: u64) -> String {
+        let mut written = store().written.subscribe();
+        let found = tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                let hit = store().lines.lock().unwrap().iter().find(|l| needles.iter().all(|n| l.contains(n))).cloned();
+                if let Some(line) = hit {
+                    return line;
+                }
+                written.changed().await.unwrap();
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            let lines = store().lines.lock().unwrap().clone();
+            panic!("no log line with {needles:?} within {secs}s; logged:\n{}", lines.concat())
+        })
+    }
+}
+
+/// librdkafka properties of the tests' own clients (admin, producer).
+fn client(bootstrap: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// SCRAM needs librdkafka built with OpenSSL (rdkafka's `ssl` feature): without it the consumer
+/// cannot even be created. tansu 0.6.0 answers every SCRAM login with `unknown-user` (its memory
+/// storage keeps no SCRAM credentials, and it offers no `PLAIN`), so no test logs in successfully.
+#[tokio::test]
+async fn refused_scram_login_is_logged_as_an_authentication_error() {
+    logs::capture();
+    let Some(t) = Tansu::start_with(TansuOptions { authentication: true, ..TansuOptions::default() }) else { return };
+    let name = unique("scram-src");
+    let extra = "sasl: {mechanism: scram_sha_512, username: nobody, password: wrong}\n";
+    let mut s = start(&named_source_yaml(&name, &t.bootstrap, &unique("scram"), &unique("g"), extra));
+    let line = logs::wait_for(&[&name, "sasl_plaintext://", "SASL authentication error"], 30).await;
+    assert!(line.contains("SASL SCRAM authentication failed"), "{line}");
+    assert!(s.rx.try_recv().is_err(), "nothing is taken without a login");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_and_sasl_together_run_the_scram_login_inside_the_verified_tls_session() {
+    logs::capture();
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let Some(t) = Tansu::start_with(TansuOptions { authentication: true, advertised_port: Some(port) }) else { return };
+    let _proxy = TlsProxy::forward_to(listener, &pki, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let ca = pki.ca_file.display().to_string();
+    let name = unique("sasl-ssl-src");
+    let extra =
+        format!("tls: {{ca_file: '{ca}'}}\nsasl: {{mechanism: scram_sha_256, username: nobody, password: wrong}}\n");
+    let mut s = start(&named_source_yaml(&name, &bootstrap, &unique("sasl-ssl"), &unique("g"), &extra));
+    // SASL starts only once the TLS handshake (verified against ca_file) is done: the broker's
+    // SCRAM answer came back through it.
+    let line = logs::wait_for(&[&name, "sasl_ssl://", "SASL authentication error"], 30).await;
+    assert!(line.contains("SASL SCRAM authentication failed"), "{line}");
+    assert!(s.rx.try_recv().is_err(), "nothing is taken without a login");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_source_verifies_the_broker_against_its_ca_file() {
+    logs::capture();
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
+        return;
+    };
+    let _proxy = TlsProxy::forward_to(listener, &pki, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let ca = pki.ca_file.display().to_string();
+    let tls = client(&bootstrap, &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
+    let topic = unique("tls");
+    create_topic_with(&tls, &topic, 1).await;
+    produce(&producer_with(&tls), &topic, None, None, &[], Some(br#"{"over": "tls"}"#)).await;
+
+    // The system CAs do not vouch for the test CA: the handshake fails and nothing is taken.
+    let untrusting = unique("tls-system-ca");
+    let mut s = start(&named_source_yaml(&untrusting, &bootstrap, &topic, &unique("g"), "tls: {}\n"));
+    logs::wait_for(&[&untrusting, "certificate verify failed"], 30).await;
+    assert!(s.rx.try_recv().is_err(), "nothing is taken from an unverified broker");
+    s.stop().await;
+
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &format!("tls: {{ca_file: '{ca}'}}\n")));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "tls"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
 }

@@ -27,6 +27,19 @@ pub struct Tansu {
     _dir: tempfile::TempDir,
 }
 
+/// How [`Tansu::start_with`] starts the broker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TansuOptions {
+    /// `--authentication`: every client must log in with SASL first. tansu 0.6.0 (the `dynostore`
+    /// build) accepts any `PLAIN` user name and password and refuses every SCRAM login: its
+    /// memory storage keeps no SCRAM credentials (`tansu user create` succeeds and stores nothing).
+    pub authentication: bool,
+    /// The port advertised to clients in metadata instead of the broker's own, for a proxy in
+    /// front of it (tansu 0.6.0 has no TLS listener: `--cert` and `--key` cannot be given
+    /// together, and the broker never wraps connections in TLS).
+    pub advertised_port: Option<u16>,
+}
+
 fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("SWITCHYARD_TANSU").map_or_else(|| PathBuf::from(DEFAULT_TANSU), PathBuf::from);
     path.is_file().then_some(path)
@@ -36,6 +49,11 @@ impl Tansu {
     /// Starts a broker; `None` (test skipped, reason printed) when tansu is not installed, unless
     /// `CI=true`, where it panics.
     pub fn start() -> Option<Self> {
+        Self::start_with(TansuOptions::default())
+    }
+
+    /// [`Tansu::start`] with options.
+    pub fn start_with(options: TansuOptions) -> Option<Self> {
         let Some(bin) = binary() else {
             let msg =
                 format!("tansu not found (SWITCHYARD_TANSU or {DEFAULT_TANSU}); run scripts/test.sh to install it");
@@ -46,10 +64,16 @@ impl Tansu {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", options.advertised_port.unwrap_or(port));
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+        let mut command = Command::new(&bin);
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/"]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(dir.path())
             .env_remove("STORAGE_ENGINE")
             .env_remove("LISTENER_URL")
@@ -86,8 +110,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with `partitions` partitions.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    create_topic_with(ClientConfig::new().set("bootstrap.servers", bootstrap), topic, partitions).await;
+}
+
+/// [`create_topic`] through a client configured with `config` (bootstrap servers and security).
+pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let res = admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts).await;
     for r in res.unwrap() {
@@ -99,8 +127,13 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 /// inside a producer batch skip the rest of that batch, so tests that restart consumers produce
 /// one record per batch.
 pub fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    producer_with(ClientConfig::new().set("bootstrap.servers", bootstrap))
+}
+
+/// [`producer`] with `config`'s bootstrap servers and security settings.
+pub fn producer_with(config: &ClientConfig) -> FutureProducer {
+    config
+        .clone()
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
