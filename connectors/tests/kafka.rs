@@ -545,7 +545,7 @@ async fn tls_and_sasl_together_run_the_scram_login_inside_the_verified_tls_sessi
     let listener = TlsProxy::bind();
     let port = listener.local_addr().unwrap().port();
     let Some(t) = Tansu::start_with(TansuOptions { authentication: true, advertised_port: Some(port) }) else { return };
-    let _proxy = TlsProxy::forward_to(listener, &pki, t.bootstrap.parse().unwrap());
+    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
     let bootstrap = format!("127.0.0.1:{port}");
     let ca = pki.ca_file.display().to_string();
     let name = unique("sasl-ssl-src");
@@ -569,7 +569,7 @@ async fn tls_source_verifies_the_broker_against_its_ca_file() {
     let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
         return;
     };
-    let _proxy = TlsProxy::forward_to(listener, &pki, t.bootstrap.parse().unwrap());
+    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
     let bootstrap = format!("127.0.0.1:{port}");
     let ca = pki.ca_file.display().to_string();
     let tls = client(&bootstrap, &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
@@ -587,6 +587,49 @@ async fn tls_source_verifies_the_broker_against_its_ca_file() {
     let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &format!("tls: {{ca_file: '{ca}'}}\n")));
     let mut d = s.next(30).await;
     assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "tls"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_source_presents_its_client_certificate() {
+    logs::capture();
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
+        return;
+    };
+    let _proxy = TlsProxy::forward_to(listener, &pki, true, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let (ca, cert, key) = (
+        pki.ca_file.display().to_string(),
+        pki.client_cert_file.display().to_string(),
+        pki.client_key_file.display().to_string(),
+    );
+    let props = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ];
+    let mtls = client(&bootstrap, &props);
+    let topic = unique("mtls");
+    create_topic_with(&mtls, &topic, 1).await;
+    produce(&producer_with(&mtls), &topic, None, None, &[], Some(br#"{"over": "mtls"}"#)).await;
+
+    // Without a client certificate the proxy ends the handshake and nothing is taken.
+    let anonymous = unique("mtls-no-cert");
+    let mut s =
+        start(&named_source_yaml(&anonymous, &bootstrap, &topic, &unique("g"), &format!("tls: {{ca_file: '{ca}'}}\n")));
+    logs::wait_for(&[&anonymous, "ssl://", "alert certificate required"], 30).await;
+    assert!(s.rx.try_recv().is_err(), "nothing is taken without a client certificate");
+    s.stop().await;
+
+    let extra = format!("tls: {{ca_file: '{ca}', cert_file: '{cert}', key_file: '{key}'}}\n");
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "mtls"}))));
     d.ack.resolve(DONE);
     s.stop().await;
 }
