@@ -30,9 +30,10 @@ pub struct Tansu {
 /// How [`Tansu::start_with`] starts the broker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TansuOptions {
-    /// `--authentication`: every client must log in with SASL first. tansu 0.6.0 (the `dynostore`
-    /// build) accepts any `PLAIN` user name and password and refuses every SCRAM login: its
-    /// memory storage keeps no SCRAM credentials (`tansu user create` succeeds and stores nothing).
+    /// `--authentication`: every client must log in with SASL first. No client can, with tansu
+    /// 0.6.0 built with `dynostore` storage: it does not offer `PLAIN` (`NoSharedMechanism`) and
+    /// answers every SCRAM login with `unknown-user`, since its memory storage keeps no SCRAM
+    /// credentials (`tansu user create` succeeds and stores nothing).
     pub authentication: bool,
     /// The port advertised to clients in metadata instead of the broker's own, for a proxy in
     /// front of it (tansu 0.6.0 has no TLS listener: `--cert` and `--key` cannot be given
