@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_support::{create_topic, create_topic_with, produce, producer, producer_with, unique, Tansu, TansuOptions};
+use kafka_support::{
+    create_topic, create_topic_with, produce, producer, producer_with, unique, ScramUser, Tansu, TansuOptions,
+};
 use kafka_tls::{TestPki, TlsProxy};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -522,41 +524,76 @@ fn client(bootstrap: &str, props: &[(&str, &str)]) -> ClientConfig {
     c
 }
 
+const SVC_512: ScramUser = ScramUser { mechanism: "scram512", name: "svc", password: "s3cret-512" };
+const SVC_256: ScramUser = ScramUser { mechanism: "scram256", name: "svc256", password: "s3cret-256" };
+
+/// The librdkafka SASL properties of `user`.
+fn scram(user: &ScramUser) -> [(&'static str, &'static str); 3] {
+    let mechanism = if user.mechanism == "scram256" { "SCRAM-SHA-256" } else { "SCRAM-SHA-512" };
+    [("sasl.mechanism", mechanism), ("sasl.username", user.name), ("sasl.password", user.password)]
+}
+
 /// SCRAM needs librdkafka built with OpenSSL (rdkafka's `ssl` feature): without it the consumer
-/// cannot even be created. tansu 0.6.0 answers every SCRAM login with `unknown-user` (its memory
-/// storage keeps no SCRAM credentials, and it offers no `PLAIN`), so no test logs in successfully.
+/// cannot even be created.
 #[tokio::test]
-async fn refused_scram_login_is_logged_as_an_authentication_error() {
+async fn scram_source_logs_in_and_a_wrong_password_is_logged_as_an_authentication_error() {
     logs::capture();
-    let Some(t) = Tansu::start_with(TansuOptions { authentication: true, ..TansuOptions::default() }) else { return };
-    let name = unique("scram-src");
-    let extra = "sasl: {mechanism: scram_sha_512, username: nobody, password: wrong}\n";
-    let mut s = start(&named_source_yaml(&name, &t.bootstrap, &unique("scram"), &unique("g"), extra));
-    let line = logs::wait_for(&[&name, "sasl_plaintext://", "SASL authentication error"], 30).await;
+    let options = TansuOptions { authentication: true, scram_users: &[SVC_512], ..TansuOptions::default() };
+    let Some(t) = Tansu::start_with(options) else { return };
+    // Without SASL the broker answers nothing but ApiVersions and the SASL requests.
+    let bootstrap = t.bootstrap.clone();
+    let anonymous = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client(&bootstrap, &[]).create().unwrap();
+        c.fetch_metadata(None, Duration::from_secs(3)).map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert!(anonymous.is_err(), "the broker requires authentication");
+    let [m, u, pw] = scram(&SVC_512);
+    let config = client(&t.bootstrap, &[m, u, pw, ("security.protocol", "sasl_plaintext")]);
+    let topic = unique("scram");
+    create_topic_with(&config, &topic, 1).await;
+    produce(&producer_with(&config), &topic, None, None, &[], Some(br#"{"over": "scram"}"#)).await;
+
+    let wrong = unique("scram-wrong");
+    let extra = "sasl: {mechanism: scram_sha_512, username: svc, password: not-the-password}\n";
+    let mut s = start(&named_source_yaml(&wrong, &t.bootstrap, &topic, &unique("g"), extra));
+    let line = logs::wait_for(&[&wrong, "sasl_plaintext://", "SASL authentication error"], 30).await;
     assert!(line.contains("SASL SCRAM authentication failed"), "{line}");
     assert!(s.rx.try_recv().is_err(), "nothing is taken without a login");
+    s.stop().await;
+
+    let extra = format!("sasl: {{mechanism: scram_sha_512, username: svc, password: {}}}\n", SVC_512.password);
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "scram"}))));
+    d.ack.resolve(DONE);
     s.stop().await;
 }
 
 #[tokio::test]
-async fn tls_and_sasl_together_run_the_scram_login_inside_the_verified_tls_session() {
-    logs::capture();
+async fn tls_and_sasl_together_log_in_with_scram_inside_the_verified_tls_session() {
     let pki = TestPki::new();
     let listener = TlsProxy::bind();
     let port = listener.local_addr().unwrap().port();
-    let Some(t) = Tansu::start_with(TansuOptions { authentication: true, advertised_port: Some(port) }) else { return };
+    let options = TansuOptions { authentication: true, scram_users: &[SVC_256], advertised_port: Some(port) };
+    let Some(t) = Tansu::start_with(options) else { return };
     let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
     let bootstrap = format!("127.0.0.1:{port}");
     let ca = pki.ca_file.display().to_string();
-    let name = unique("sasl-ssl-src");
-    let extra =
-        format!("tls: {{ca_file: '{ca}'}}\nsasl: {{mechanism: scram_sha_256, username: nobody, password: wrong}}\n");
-    let mut s = start(&named_source_yaml(&name, &bootstrap, &unique("sasl-ssl"), &unique("g"), &extra));
-    // SASL starts only once the TLS handshake (verified against ca_file) is done: the broker's
-    // SCRAM answer came back through it.
-    let line = logs::wait_for(&[&name, "sasl_ssl://", "SASL authentication error"], 30).await;
-    assert!(line.contains("SASL SCRAM authentication failed"), "{line}");
-    assert!(s.rx.try_recv().is_err(), "nothing is taken without a login");
+    let [m, u, pw] = scram(&SVC_256);
+    let config = client(&bootstrap, &[m, u, pw, ("security.protocol", "sasl_ssl"), ("ssl.ca.location", &ca)]);
+    let topic = unique("sasl-ssl");
+    create_topic_with(&config, &topic, 1).await;
+    produce(&producer_with(&config), &topic, None, None, &[], Some(br#"{"over": "sasl_ssl"}"#)).await;
+    let extra = format!(
+        "tls: {{ca_file: '{ca}'}}\nsasl: {{mechanism: scram_sha_256, username: {}, password: {}}}\n",
+        SVC_256.name, SVC_256.password
+    );
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "sasl_ssl"}))));
+    d.ack.resolve(DONE);
     s.stop().await;
 }
 
