@@ -16,11 +16,13 @@ ARG NODE_MAJOR=22
 
 # ---------------------------------------------------------------------------------------------
 # Build stage: the official Rust image (a full Debian with gcc, g++, make, pkg-config, OpenSSL
-# and zlib headers). cmake and the SASL/zstd headers are for C dependencies such as librdkafka
-# (the Kafka connector), should they be built from source or linked dynamically.
+# and zlib headers). librdkafka (the Kafka connector) is built from source with rdkafka's `ssl`
+# feature and links the system OpenSSL, found through pkg-config: libssl-dev is listed so that
+# does not depend on the base image. cmake and the SASL/zstd headers are for C dependencies,
+# should they be built from source or linked dynamically.
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libsasl2-dev libzstd-dev \
+ && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev libsasl2-dev libzstd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -45,7 +47,7 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # tini: PID 1 that forwards SIGTERM to switchyard (which drains in-flight work) and reaps
 #   orphaned grandchildren of function workers.
 # ca-certificates, libssl3, libsasl2-2, zlib1g, libzstd1: TLS roots and the shared libraries C
-#   dependencies (librdkafka) may link against. Small, and harmless when linked statically.
+#   dependencies link against (librdkafka links libssl3 for Kafka TLS and SASL SCRAM).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates python3 tini libssl3 libsasl2-2 zlib1g libzstd1 \

@@ -97,21 +97,38 @@ ensure_moto
 # The PostgreSQL tests create and drop their own databases as this role (trust auth on the machine).
 export SWITCHYARD_TEST_POSTGRES="${SWITCHYARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 
+# rdkafka is built with its `ssl` feature (TLS and SASL SCRAM for the Kafka source) against the system
+# OpenSSL, which openssl-sys finds through pkg-config.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  log "installing libssl-dev and pkg-config (OpenSSL for librdkafka)"
+  apt_install libssl-dev pkg-config
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo is not on PATH: install the Rust toolchain (rustup) first"; exit 1
 fi
 
 # Kafka tests run against tansu (an Apache Kafka compatible broker in Rust), started per test on a
 # free port from an empty directory. Built once (about 10 minutes) into a stable location and reused.
+# Features: dynostore (memory storage, what most tests use) and libsql (SQLite storage: the memory
+# storage keeps no SCRAM credentials, so the SCRAM tests create their users on SQLite).
 TOOLS="${SWITCHYARD_TOOLS:-/opt/switchyard-tools}"
 if ! mkdir -p "$TOOLS" 2>/dev/null || [ ! -w "$TOOLS" ]; then
   TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/switchyard-tools"
 fi
 export SWITCHYARD_TANSU="${SWITCHYARD_TANSU:-$TOOLS/tansu/bin/tansu}"
 ensure_tansu() {
-  [ -x "$SWITCHYARD_TANSU" ] && return 0
-  log "installing tansu 0.6.0 into $TOOLS/tansu (once; about 10 minutes)"
-  cargo install tansu --version 0.6.0 --locked --no-default-features --features dynostore --root "$TOOLS/tansu"
+  local root="$TOOLS/tansu"
+  if [ -x "$SWITCHYARD_TANSU" ]; then
+    # A tansu of your own is used as it is; ours is rebuilt if an older run built it without libsql.
+    [ "$SWITCHYARD_TANSU" != "$root/bin/tansu" ] && return 0
+    grep -q '"libsql"' "$root/.crates2.json" 2>/dev/null && return 0
+    log "rebuilding tansu 0.6.0 in $root with SQLite storage (for the SCRAM tests; about 10 minutes)"
+  else
+    log "installing tansu 0.6.0 into $root (once; about 10 minutes)"
+  fi
+  cargo install tansu --version 0.6.0 --locked --force --no-default-features --features dynostore,libsql \
+    --root "$root"
   [ -x "$SWITCHYARD_TANSU" ] || { log "tansu install did not produce $SWITCHYARD_TANSU"; return 1; }
 }
 ensure_tansu

@@ -3,12 +3,16 @@
 //! tests see exactly what the source takes, hands on and commits.
 
 mod kafka_support;
+mod kafka_tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_support::{create_topic, produce, producer, unique, Tansu};
+use kafka_support::{
+    create_topic, create_topic_with, produce, producer, producer_with, unique, ScramUser, Tansu, TansuOptions,
+};
+use kafka_tls::{TestPki, TlsProxy};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
@@ -60,8 +64,12 @@ fn start(yaml: &str) -> Running {
 }
 
 fn source_yaml(bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
+    named_source_yaml("k", bootstrap, topic, group, extra)
+}
+
+fn named_source_yaml(name: &str, bootstrap: &str, topic: &str, group: &str, extra: &str) -> String {
     format!(
-        "type: kafka\nname: k\nbootstrap_servers: ['{bootstrap}']\ntopics: [{topic}]\ngroup: {group}\n\
+        "type: kafka\nname: {name}\nbootstrap_servers: ['{bootstrap}']\ntopics: [{topic}]\ngroup: {group}\n\
          start_offset: earliest\ncluster: test\ncommit_interval: 50ms\n{extra}"
     )
 }
@@ -439,4 +447,226 @@ async fn survives_a_broker_outage_without_loss() {
         (0..3).map(|p| (p, c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)).collect()
     };
     wait_committed(&bootstrap, &group, &topic, &want).await;
+}
+
+/// What this test binary logs (warnings and errors), for the tests that assert what a source
+/// reports. Lines are kept in memory; a watch channel signals each new one.
+mod logs {
+    use std::sync::{Mutex, Once, OnceLock};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    struct Store {
+        lines: Mutex<Vec<String>>,
+        written: watch::Sender<usize>,
+    }
+
+    fn store() -> &'static Store {
+        static STORE: OnceLock<Store> = OnceLock::new();
+        STORE.get_or_init(|| Store { lines: Mutex::new(Vec::new()), written: watch::channel(0).0 })
+    }
+
+    struct Writer;
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            store().lines.lock().unwrap().push(String::from_utf8_lossy(buf).into_owned());
+            store().written.send_modify(|n| *n += 1);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Starts capturing (once per test binary).
+    pub fn capture() {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::WARN)
+                .with_writer(|| Writer)
+                .try_init()
+                .expect("no other tracing subscriber in this test binary");
+        });
+    }
+
+    /// The first line logged that contains every one of `needles`, waiting up to `secs`.
+    pub async fn wait_for(needles: &[&str], secs: u64) -> String {
+        let mut written = store().written.subscribe();
+        let found = tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                let hit = store().lines.lock().unwrap().iter().find(|l| needles.iter().all(|n| l.contains(n))).cloned();
+                if let Some(line) = hit {
+                    return line;
+                }
+                written.changed().await.unwrap();
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            let lines = store().lines.lock().unwrap().clone();
+            panic!("no log line with {needles:?} within {secs}s; logged:\n{}", lines.concat())
+        })
+    }
+}
+
+/// librdkafka properties of the tests' own clients (admin, producer).
+fn client(bootstrap: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+const SVC_512: ScramUser = ScramUser { mechanism: "scram512", name: "svc", password: "s3cret-512" };
+const SVC_256: ScramUser = ScramUser { mechanism: "scram256", name: "svc256", password: "s3cret-256" };
+
+/// The librdkafka SASL properties of `user`.
+fn scram(user: &ScramUser) -> [(&'static str, &'static str); 3] {
+    let mechanism = if user.mechanism == "scram256" { "SCRAM-SHA-256" } else { "SCRAM-SHA-512" };
+    [("sasl.mechanism", mechanism), ("sasl.username", user.name), ("sasl.password", user.password)]
+}
+
+/// SCRAM needs librdkafka built with OpenSSL (rdkafka's `ssl` feature): without it the consumer
+/// cannot even be created.
+#[tokio::test]
+async fn scram_source_logs_in_and_a_wrong_password_is_logged_as_an_authentication_error() {
+    logs::capture();
+    let options = TansuOptions { authentication: true, scram_users: &[SVC_512], ..TansuOptions::default() };
+    let Some(t) = Tansu::start_with(options) else { return };
+    // Without SASL the broker answers nothing but ApiVersions and the SASL requests.
+    let bootstrap = t.bootstrap.clone();
+    let anonymous = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client(&bootstrap, &[]).create().unwrap();
+        c.fetch_metadata(None, Duration::from_secs(3)).map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert!(anonymous.is_err(), "the broker requires authentication");
+    let [m, u, pw] = scram(&SVC_512);
+    let config = client(&t.bootstrap, &[m, u, pw, ("security.protocol", "sasl_plaintext")]);
+    let topic = unique("scram");
+    create_topic_with(&config, &topic, 1).await;
+    produce(&producer_with(&config), &topic, None, None, &[], Some(br#"{"over": "scram"}"#)).await;
+
+    let wrong = unique("scram-wrong");
+    let extra = "sasl: {mechanism: scram_sha_512, username: svc, password: not-the-password}\n";
+    let mut s = start(&named_source_yaml(&wrong, &t.bootstrap, &topic, &unique("g"), extra));
+    let line = logs::wait_for(&[&wrong, "sasl_plaintext://", "SASL authentication error"], 30).await;
+    assert!(line.contains("SASL SCRAM authentication failed"), "{line}");
+    assert!(s.rx.try_recv().is_err(), "nothing is taken without a login");
+    s.stop().await;
+
+    let extra = format!("sasl: {{mechanism: scram_sha_512, username: svc, password: {}}}\n", SVC_512.password);
+    let mut s = start(&source_yaml(&t.bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "scram"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_and_sasl_together_log_in_with_scram_inside_the_verified_tls_session() {
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let options = TansuOptions { authentication: true, scram_users: &[SVC_256], advertised_port: Some(port) };
+    let Some(t) = Tansu::start_with(options) else { return };
+    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let ca = pki.ca_file.display().to_string();
+    let [m, u, pw] = scram(&SVC_256);
+    let config = client(&bootstrap, &[m, u, pw, ("security.protocol", "sasl_ssl"), ("ssl.ca.location", &ca)]);
+    let topic = unique("sasl-ssl");
+    create_topic_with(&config, &topic, 1).await;
+    produce(&producer_with(&config), &topic, None, None, &[], Some(br#"{"over": "sasl_ssl"}"#)).await;
+    let extra = format!(
+        "tls: {{ca_file: '{ca}'}}\nsasl: {{mechanism: scram_sha_256, username: {}, password: {}}}\n",
+        SVC_256.name, SVC_256.password
+    );
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "sasl_ssl"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_source_verifies_the_broker_against_its_ca_file() {
+    logs::capture();
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
+        return;
+    };
+    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let ca = pki.ca_file.display().to_string();
+    let tls = client(&bootstrap, &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
+    let topic = unique("tls");
+    create_topic_with(&tls, &topic, 1).await;
+    produce(&producer_with(&tls), &topic, None, None, &[], Some(br#"{"over": "tls"}"#)).await;
+
+    // The system CAs do not vouch for the test CA: the handshake fails and nothing is taken.
+    let untrusting = unique("tls-system-ca");
+    let mut s = start(&named_source_yaml(&untrusting, &bootstrap, &topic, &unique("g"), "tls: {}\n"));
+    logs::wait_for(&[&untrusting, "certificate verify failed"], 30).await;
+    assert!(s.rx.try_recv().is_err(), "nothing is taken from an unverified broker");
+    s.stop().await;
+
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &format!("tls: {{ca_file: '{ca}'}}\n")));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "tls"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_source_presents_its_client_certificate() {
+    logs::capture();
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
+        return;
+    };
+    let _proxy = TlsProxy::forward_to(listener, &pki, true, t.bootstrap.parse().unwrap());
+    let bootstrap = format!("127.0.0.1:{port}");
+    let (ca, cert, key) = (
+        pki.ca_file.display().to_string(),
+        pki.client_cert_file.display().to_string(),
+        pki.client_key_file.display().to_string(),
+    );
+    let props = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ];
+    let mtls = client(&bootstrap, &props);
+    let topic = unique("mtls");
+    create_topic_with(&mtls, &topic, 1).await;
+    produce(&producer_with(&mtls), &topic, None, None, &[], Some(br#"{"over": "mtls"}"#)).await;
+
+    // Without a client certificate the proxy ends the handshake and nothing is taken.
+    let anonymous = unique("mtls-no-cert");
+    let mut s =
+        start(&named_source_yaml(&anonymous, &bootstrap, &topic, &unique("g"), &format!("tls: {{ca_file: '{ca}'}}\n")));
+    logs::wait_for(&[&anonymous, "ssl://", "alert certificate required"], 30).await;
+    assert!(s.rx.try_recv().is_err(), "nothing is taken without a client certificate");
+    s.stop().await;
+
+    let extra = format!("tls: {{ca_file: '{ca}', cert_file: '{cert}', key_file: '{key}'}}\n");
+    let mut s = start(&source_yaml(&bootstrap, &topic, &unique("g"), &extra));
+    let mut d = s.next(30).await;
+    assert_eq!(d.event.data, Some(Data::Json(serde_json::json!({"over": "mtls"}))));
+    d.ack.resolve(DONE);
+    s.stop().await;
 }

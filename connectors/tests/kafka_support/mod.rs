@@ -6,7 +6,7 @@
 //! under `CI=true`, where they fail.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,48 +27,134 @@ pub struct Tansu {
     _dir: tempfile::TempDir,
 }
 
+/// How [`Tansu::start_with`] starts the broker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TansuOptions {
+    /// `--authentication`: every client must log in with SASL first. tansu 0.6.0 offers SCRAM
+    /// only (`PLAIN` fails with `NoSharedMechanism`), with the users of `scram_users`.
+    pub authentication: bool,
+    /// SCRAM users created before the broker starts. Its memory storage keeps no SCRAM
+    /// credentials (`tansu user create` succeeds and stores nothing), so with users the broker
+    /// runs on SQLite storage in its directory (tansu built with the `libsql` feature, as
+    /// `scripts/test.sh` builds it): a first run without authentication creates them, then the
+    /// broker restarts on the same file.
+    pub scram_users: &'static [ScramUser],
+    /// The port advertised to clients in metadata instead of the broker's own, for a proxy in
+    /// front of it (tansu 0.6.0 has no TLS listener: `--cert` and `--key` cannot be given
+    /// together, and the broker never wraps connections in TLS).
+    pub advertised_port: Option<u16>,
+}
+
+/// A SCRAM user for [`TansuOptions::scram_users`].
+#[derive(Debug, Clone, Copy)]
+pub struct ScramUser {
+    /// `scram256` or `scram512` (`tansu user create --mechanism`).
+    pub mechanism: &'static str,
+    pub name: &'static str,
+    pub password: &'static str,
+}
+
 fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("SWITCHYARD_TANSU").map_or_else(|| PathBuf::from(DEFAULT_TANSU), PathBuf::from);
     path.is_file().then_some(path)
+}
+
+fn skip_or_fail(msg: &str) -> Option<Tansu> {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Starts `tansu broker` in `dir` and waits until it listens on `port`; `Err(log)` when it exits.
+fn spawn(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    advertised: u16,
+    storage: &str,
+    authentication: bool,
+) -> Result<Child, String> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
+    let log_path = dir.join("tansu.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(bin);
+    command
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+        .args(["--storage-engine", storage]);
+    if authentication {
+        command.arg("--authentication");
+    }
+    let mut child = command
+        .current_dir(dir)
+        .env_remove("STORAGE_ENGINE")
+        .env_remove("LISTENER_URL")
+        .env_remove("ADVERTISED_LISTENER_URL")
+        .env_remove("CLUSTER_ID")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("tansu exited at start ({status}): {log}"));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("tansu did not listen on {port} within 20s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }
 
 impl Tansu {
     /// Starts a broker; `None` (test skipped, reason printed) when tansu is not installed, unless
     /// `CI=true`, where it panics.
     pub fn start() -> Option<Self> {
+        Self::start_with(TansuOptions::default())
+    }
+
+    /// [`Tansu::start`] with options.
+    pub fn start_with(options: TansuOptions) -> Option<Self> {
         let Some(bin) = binary() else {
-            let msg =
-                format!("tansu not found (SWITCHYARD_TANSU or {DEFAULT_TANSU}); run scripts/test.sh to install it");
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-            eprintln!("SKIPPED: {msg}");
-            return None;
+            return skip_or_fail(&format!(
+                "tansu not found (SWITCHYARD_TANSU or {DEFAULT_TANSU}); run scripts/test.sh to install it"
+            ));
         };
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .current_dir(dir.path())
-            .env_remove("STORAGE_ENGINE")
-            .env_remove("LISTENER_URL")
-            .env_remove("ADVERTISED_LISTENER_URL")
-            .env_remove("CLUSTER_ID")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut t = Self { child, bootstrap: format!("127.0.0.1:{port}"), _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = t.child.try_wait() {
-                panic!("tansu exited at start: {status}");
+        let advertised = options.advertised_port.unwrap_or(port);
+        let storage = if options.scram_users.is_empty() { "memory://tansu/" } else { "sqlite://tansu.db" };
+        if !options.scram_users.is_empty() {
+            let mut setup = match spawn(&bin, dir.path(), port, port, storage, false) {
+                Ok(child) => child,
+                Err(log) if log.contains("FeatureNotEnabled") => {
+                    return skip_or_fail(&format!(
+                        "{} has no SQLite storage (the libsql feature), which SCRAM users need; run scripts/test.sh \
+                         to rebuild it: {log}",
+                        bin.display()
+                    ));
+                }
+                Err(log) => panic!("{log}"),
+            };
+            for u in options.scram_users {
+                let status = Command::new(&bin)
+                    .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}")])
+                    .args(["--mechanism", u.mechanism, u.name, u.password])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "tansu user create {}: {status}", u.name);
             }
-            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20s");
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = setup.kill();
+            let _ = setup.wait();
         }
-        Some(t)
+        let child = spawn(&bin, dir.path(), port, advertised, storage, options.authentication)
+            .unwrap_or_else(|log| panic!("{log}"));
+        Some(Self { child, bootstrap: format!("127.0.0.1:{port}"), _dir: dir })
     }
 }
 
@@ -86,8 +172,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with `partitions` partitions.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    create_topic_with(ClientConfig::new().set("bootstrap.servers", bootstrap), topic, partitions).await;
+}
+
+/// [`create_topic`] through a client configured with `config` (bootstrap servers and security).
+pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let res = admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts).await;
     for r in res.unwrap() {
@@ -99,8 +189,13 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 /// inside a producer batch skip the rest of that batch, so tests that restart consumers produce
 /// one record per batch.
 pub fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    producer_with(ClientConfig::new().set("bootstrap.servers", bootstrap))
+}
+
+/// [`producer`] with `config`'s bootstrap servers and security settings.
+pub fn producer_with(config: &ClientConfig) -> FutureProducer {
+    config
+        .clone()
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
