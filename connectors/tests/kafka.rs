@@ -571,15 +571,21 @@ async fn scram_source_logs_in_and_a_wrong_password_is_logged_as_an_authenticatio
     s.stop().await;
 }
 
+/// tansu behind the verifying TLS proxy, which is all a client sees: the broker (keep it), the proxy
+/// (keep it) and the bootstrap address. `None` when tansu is not installed (outside CI).
+fn tansu_behind_tls(pki: &TestPki, client_auth: bool, options: TansuOptions) -> Option<(Tansu, TlsProxy, String)> {
+    let listener = TlsProxy::bind();
+    let port = listener.local_addr().unwrap().port();
+    let t = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..options })?;
+    let proxy = TlsProxy::forward_to(listener, pki, client_auth, t.bootstrap.parse().unwrap());
+    Some((t, proxy, format!("127.0.0.1:{port}")))
+}
+
 #[tokio::test]
 async fn tls_and_sasl_together_log_in_with_scram_inside_the_verified_tls_session() {
     let pki = TestPki::new();
-    let listener = TlsProxy::bind();
-    let port = listener.local_addr().unwrap().port();
-    let options = TansuOptions { authentication: true, scram_users: &[SVC_256], advertised_port: Some(port) };
-    let Some(t) = Tansu::start_with(options) else { return };
-    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
-    let bootstrap = format!("127.0.0.1:{port}");
+    let options = TansuOptions { authentication: true, scram_users: &[SVC_256], ..TansuOptions::default() };
+    let Some((_t, _proxy, bootstrap)) = tansu_behind_tls(&pki, false, options) else { return };
     let ca = pki.ca_file.display().to_string();
     let [m, u, pw] = scram(&SVC_256);
     let config = client(&bootstrap, &[m, u, pw, ("security.protocol", "sasl_ssl"), ("ssl.ca.location", &ca)]);
@@ -601,13 +607,7 @@ async fn tls_and_sasl_together_log_in_with_scram_inside_the_verified_tls_session
 async fn tls_source_verifies_the_broker_against_its_ca_file() {
     logs::capture();
     let pki = TestPki::new();
-    let listener = TlsProxy::bind();
-    let port = listener.local_addr().unwrap().port();
-    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
-        return;
-    };
-    let _proxy = TlsProxy::forward_to(listener, &pki, false, t.bootstrap.parse().unwrap());
-    let bootstrap = format!("127.0.0.1:{port}");
+    let Some((_t, _proxy, bootstrap)) = tansu_behind_tls(&pki, false, TansuOptions::default()) else { return };
     let ca = pki.ca_file.display().to_string();
     let tls = client(&bootstrap, &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
     let topic = unique("tls");
@@ -632,13 +632,7 @@ async fn tls_source_verifies_the_broker_against_its_ca_file() {
 async fn mutual_tls_source_presents_its_client_certificate() {
     logs::capture();
     let pki = TestPki::new();
-    let listener = TlsProxy::bind();
-    let port = listener.local_addr().unwrap().port();
-    let Some(t) = Tansu::start_with(TansuOptions { advertised_port: Some(port), ..TansuOptions::default() }) else {
-        return;
-    };
-    let _proxy = TlsProxy::forward_to(listener, &pki, true, t.bootstrap.parse().unwrap());
-    let bootstrap = format!("127.0.0.1:{port}");
+    let Some((_t, _proxy, bootstrap)) = tansu_behind_tls(&pki, true, TansuOptions::default()) else { return };
     let (ca, cert, key) = (
         pki.ca_file.display().to_string(),
         pki.client_cert_file.display().to_string(),
