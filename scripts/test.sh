@@ -90,6 +90,13 @@ ensure_moto() {
   export SWITCHYARD_TEST_MOTO="http://127.0.0.1:$MOTO_PORT"
 }
 
+# The debug build takes about 20 GB, and RabbitMQ stops its app (its disk alarm) when the disk is
+# nearly full, which fails the AMQP tests in ways that do not say why: warn up front.
+avail_kb=$(df -Pk . 2>/dev/null | awk 'NR == 2 {print $4}' || true)
+if [ -n "$avail_kb" ] && [ "$avail_kb" -lt $((20 * 1024 * 1024)) ]; then
+  log "warning: only $((avail_kb / 1024 / 1024)) GB free; the build needs about 20 GB, and RabbitMQ refuses messages on a nearly full disk"
+fi
+
 ensure_nats
 ensure_rabbitmq
 ensure_postgres
