@@ -107,6 +107,8 @@ struct Part<'a> {
     cancel: &'a CancellationToken,
     /// The S3 client of the source the event came from, for the trigger's object access.
     object_client: Option<&'a switchyard_connectors::s3::object::ObjectClient>,
+    /// The delivery's place in the trigger's ordered lane, held until the invocation has returned.
+    turn: Option<Turn>,
 }
 
 /// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
@@ -115,6 +117,10 @@ struct RunSpec<'a> {
     policy: &'a DeliveryPolicy,
     dead_letter: Option<&'a DeadLetterSink>,
     replay_of: Option<Uuid>,
+    /// A place in an ordered lane: passed on as soon as the function has returned (retries
+    /// included), before the record is durable, so the next invocation of the lane does not wait
+    /// for a records batch.
+    turn: Option<Turn>,
 }
 
 impl<'a> RunSpec<'a> {
@@ -124,6 +130,7 @@ impl<'a> RunSpec<'a> {
             policy: &trigger.delivery,
             dead_letter: trigger.dead_letter.as_ref(),
             replay_of: None,
+            turn: None,
         }
     }
 }
@@ -432,9 +439,10 @@ impl Dispatcher {
                         if !started {
                             return Err(DispatchError::ShuttingDown);
                         }
-                        let part = Part { skip, undecodable, cancel: &cancel, object_client: object_client.as_ref() };
+                        let part =
+                            Part { skip, undecodable, cancel: &cancel, object_client: object_client.as_ref(), turn };
                         let r = this.deliver_one(&trigger, &function, event, received_at, part).await;
-                        drop((permit, turn)); // the lane moves on once the record is durable
+                        drop(permit);
                         r
                     }
                 });
@@ -473,7 +481,7 @@ impl Dispatcher {
         received_at: chrono::DateTime<Utc>,
         part: Part<'_>,
     ) -> Result<InvokeResult, DispatchError> {
-        let Part { skip, undecodable, cancel, object_client } = part;
+        let Part { skip, undecodable, cancel, object_client, turn } = part;
         let skip = match (&undecodable, skip) {
             (_, Some(reason)) => Some(reason),
             (None, None) => self.duplicate_of(trigger, &event).await,
@@ -484,7 +492,7 @@ impl Dispatcher {
             (None, Some(reason)) => self.not_invoked(function, trigger, event, received_at, reason, false).await,
             (None, None) => {
                 let event = self.inner.objects.apply(trigger, object_client, event).await;
-                self.run(function, RunSpec::of(trigger), event, received_at, cancel).await
+                self.run(function, RunSpec { turn, ..RunSpec::of(trigger) }, event, received_at, cancel).await
             }
         }
     }
@@ -522,7 +530,7 @@ impl Dispatcher {
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(
             async move {
-                let spec = RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None };
+                let spec = RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None, turn: None };
                 let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
                 drop(permit);
                 r
@@ -577,6 +585,7 @@ impl Dispatcher {
                         policy: &direct,
                         dead_letter: None,
                         replay_of: Some(original_id),
+                        turn: None,
                     },
                 };
                 let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
@@ -619,7 +628,7 @@ impl Dispatcher {
         received_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<InvokeResult, DispatchError> {
-        let RunSpec { trigger, policy, dead_letter, replay_of } = spec;
+        let RunSpec { trigger, policy, dead_letter, replay_of, turn } = spec;
         let mut record = self.new_record(function, trigger, &event, received_at);
         record.replay_of = replay_of;
         self.inner.writer.queue_pending(record.clone()).await?;
@@ -643,6 +652,7 @@ impl Dispatcher {
             () = self.inner.abandon.cancelled() => Err(InvokeError::shutdown()),
             () = cancel.cancelled() => Err(InvokeError::cancelled()),
         };
+        drop(turn); // the lane's next invocation may start: this one has returned
         let finished = Utc::now();
         record.attempts = progress.attempts();
         record.started_at = progress.started();

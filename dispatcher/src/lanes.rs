@@ -4,7 +4,8 @@
 //!
 //! A place in a lane is taken synchronously, when the delivery is routed (sources hand deliveries
 //! on one at a time, in stream order), so the order does not depend on how tasks are scheduled.
-//! The turn passes when the holder's [`Turn`] is dropped: after its terminal record is durable, or
+//! The turn passes when the holder's [`Turn`] is dropped: once its invocation has returned (retries
+//! included; the record may still be on its way to the store), or
 //! when it gave up waiting (withdrawn, shutdown). A lane with nobody in it takes no memory.
 
 use std::collections::hash_map::Entry;
