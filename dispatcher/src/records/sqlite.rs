@@ -13,12 +13,34 @@ use uuid::Uuid;
 
 use super::store::{newest_versions, ts, Arg, RecordQuery, StoreError, COLUMNS, ON_CONFLICT};
 
-/// Rows per multi-row INSERT (31 parameters each, well under SQLite's 32766).
-pub(crate) const ROWS_PER_INSERT: usize = 100;
+/// Rows per multi-row INSERT, largest first (31 parameters a row, well under SQLite's 32766). A batch
+/// is cut into statements of these sizes only, so the write connection prepares at most four
+/// statements once and reuses them, instead of parsing a new one for every batch size.
+pub(crate) const INSERT_SHAPES: [usize; 4] = [64, 16, 4, 1];
+/// The most rows one INSERT carries.
+pub(crate) const ROWS_PER_INSERT: usize = INSERT_SHAPES[0];
+/// Page cache of the write connection, in KiB: the pages a batch touches (the tails of the table
+/// and of its indexes) stay cached between batches instead of being read back from the file.
+const WRITE_CACHE_KIB: i64 = 32 * 1024;
+
+/// Cuts `n` rows into statement sizes taken from [`INSERT_SHAPES`] (largest first).
+fn insert_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let size = INSERT_SHAPES.into_iter().find(|&s| s <= n)?;
+        n -= size;
+        Some(size)
+    })
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Sqlite {
+    /// Queries, state, registry and retention.
     pool: SqlitePool,
+    /// The records writer's own connection (one): its page cache stays valid from one batch to the
+    /// next, which it would not if the batches went to whichever pooled connection was free, since
+    /// another connection's commit invalidates a connection's cache. The same pool as `pool` for an
+    /// in-memory database, which exists only on its one connection.
+    writes: SqlitePool,
 }
 
 fn q(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
@@ -40,10 +62,21 @@ impl Sqlite {
             .min_connections(if memory { 1 } else { 0 })
             .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
             .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(open_err)?;
-        let store = Self { pool };
+        let writes = if memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .connect_with(opts.pragma("cache_size", format!("-{WRITE_CACHE_KIB}")))
+                .await
+                .map_err(open_err)?
+        };
+        let store = Self { pool, writes };
         store.migrate().await.map_err(open_err)?;
         Ok(store)
     }
@@ -83,8 +116,11 @@ impl Sqlite {
 
     pub(crate) async fn upsert_batch(&self, records: &[EventRecord]) -> Result<(), StoreError> {
         let keep = newest_versions(records);
-        let mut tx = self.pool.begin().await.map_err(q("write"))?;
-        for chunk in keep.chunks(ROWS_PER_INSERT) {
+        let mut tx = self.writes.begin().await.map_err(q("write"))?;
+        let mut rest = keep.as_slice();
+        for size in insert_sizes(keep.len()) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
             let mut qb: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new("INSERT INTO event_records (");
             qb.push(COLUMNS).push(") ");
             qb.push_values(chunk.iter().map(|&i| &records[i]), |mut b, r| {
@@ -208,6 +244,7 @@ impl Sqlite {
     }
 
     pub(crate) async fn close(&self) {
+        self.writes.close().await;
         self.pool.close().await;
     }
 }
@@ -305,4 +342,21 @@ where
         replay_of: f.replay_of,
         event: row.get("event"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_the_few_statement_shapes() {
+        assert_eq!(insert_sizes(0).count(), 0);
+        assert_eq!(insert_sizes(1).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(insert_sizes(87).collect::<Vec<_>>(), vec![64, 16, 4, 1, 1, 1]);
+        for n in 0..600 {
+            let sizes: Vec<usize> = insert_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "every row of {n} is written once");
+            assert!(sizes.iter().all(|s| INSERT_SHAPES.contains(s)));
+        }
+    }
 }
