@@ -106,3 +106,7 @@ pub async fn drive(
     }
     (start.elapsed(), all)
 }
+
+/// The allocator the `switchyard` binary uses, so the benches measure what runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
