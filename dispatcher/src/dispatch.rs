@@ -530,7 +530,8 @@ impl Dispatcher {
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(
             async move {
-                let spec = RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None, turn: None };
+                let spec =
+                    RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None, turn: None };
                 let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
                 drop(permit);
                 r

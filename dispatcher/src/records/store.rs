@@ -424,6 +424,23 @@ pub(crate) mod tests {
         idempotency_and_retention(RecordStore::open("sqlite::memory:").await.unwrap()).await;
     }
 
+    /// A file database writes records on its own connection and reads them on the pool's: what one
+    /// commits, the other sees.
+    #[tokio::test]
+    async fn sqlite_file_store_behaves() {
+        let dir = tempfile::tempdir().unwrap();
+        for check in 0..3 {
+            let url = format!("sqlite://{}/records-{check}.db", dir.path().display());
+            let store = RecordStore::open(&url).await.unwrap();
+            match check {
+                0 => batch_keeps_the_newest_version(store.clone()).await,
+                1 => large_batches_and_pages(store.clone()).await,
+                _ => idempotency_and_retention(store.clone()).await,
+            }
+            store.close().await;
+        }
+    }
+
     #[tokio::test]
     async fn postgres_store_behaves_like_sqlite() {
         let Some(db) = TestDatabase::create().await else { return };
