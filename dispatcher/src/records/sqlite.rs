@@ -17,8 +17,6 @@ use super::store::{newest_versions, ts, Arg, RecordQuery, StoreError, COLUMNS, O
 /// is cut into statements of these sizes only, so the write connection prepares at most four
 /// statements once and reuses them, instead of parsing a new one for every batch size.
 pub(crate) const INSERT_SHAPES: [usize; 4] = [64, 16, 4, 1];
-/// The most rows one INSERT carries.
-pub(crate) const ROWS_PER_INSERT: usize = INSERT_SHAPES[0];
 /// Page cache of the write connection, in KiB: the pages a batch touches (the tails of the table
 /// and of its indexes) stay cached between batches instead of being read back from the file.
 const WRITE_CACHE_KIB: i64 = 32 * 1024;
