@@ -32,13 +32,102 @@ fn insert_sizes(mut n: usize) -> impl Iterator<Item = usize> {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Sqlite {
-    /// Queries, state, registry and retention.
+    /// Queries, state, registry and retention; also the records writes of an in-memory database,
+    /// which exists only on its one connection.
     pool: SqlitePool,
-    /// The records writer's own connection (one): its page cache stays valid from one batch to the
-    /// next, which it would not if the batches went to whichever pooled connection was free, since
-    /// another connection's commit invalidates a connection's cache. The same pool as `pool` for an
-    /// in-memory database, which exists only on its one connection.
-    writes: SqlitePool,
+    /// The records writer's own connection, on a thread of its own, for a database file.
+    writer: Option<WriteThread>,
+}
+
+/// The records writer's connection to a SQLite file, owned by one thread. Its page cache stays valid
+/// from one batch to the next (another connection's commit would invalidate it), and it keeps one
+/// prepared single-row upsert, run once per record inside the batch's transaction: one hand-over
+/// between threads per batch, and no SQL parsed per batch.
+#[derive(Debug, Clone)]
+struct WriteThread {
+    jobs: std::sync::mpsc::Sender<WriteJob>,
+}
+
+type WriteDone = tokio::sync::oneshot::Sender<(Vec<EventRecord>, Result<(), rusqlite::Error>)>;
+
+struct WriteJob {
+    records: Vec<EventRecord>,
+    done: WriteDone,
+}
+
+impl WriteThread {
+    fn start(path: &std::path::Path) -> Result<Self, rusqlite::Error> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -WRITE_CACHE_KIB)?;
+        let (jobs, rx) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("switchyard-records-sqlite".to_owned())
+            .spawn(move || {
+                let mut conn = conn;
+                // Ends when every handle is dropped; the connection closes with it.
+                while let Ok(WriteJob { records, done }) = rx.recv() {
+                    let result = write_rows(&mut conn, &records);
+                    let _ = done.send((records, result));
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Self { jobs })
+    }
+}
+
+/// The single-row upsert the write thread keeps prepared.
+fn upsert_one() -> String {
+    let placeholders = (1..=31).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    format!("INSERT INTO event_records ({COLUMNS}) VALUES ({placeholders}){ON_CONFLICT}")
+}
+
+/// Writes the newest version of each record of the batch in one transaction.
+fn write_rows(conn: &mut rusqlite::Connection, records: &[EventRecord]) -> Result<(), rusqlite::Error> {
+    thread_local!(static SQL: String = upsert_one());
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    SQL.with(|sql| -> Result<(), rusqlite::Error> {
+        let mut stmt = tx.prepare_cached(sql)?;
+        for i in newest_versions(records) {
+            let r = &records[i];
+            stmt.execute(rusqlite::params![
+                r.id.to_string(),
+                r.event_id,
+                r.event_source,
+                r.event_type,
+                r.event_subject,
+                r.trigger,
+                r.function,
+                r.status.as_str(),
+                i64::from(r.attempts),
+                ts(r.received_at),
+                r.started_at.map(ts),
+                r.finished_at.map(ts),
+                r.duration_ms,
+                r.request.body,
+                r.request.base64,
+                i64::try_from(r.request.size).unwrap_or(i64::MAX),
+                r.request.truncated,
+                r.response_status.map(i64::from),
+                r.response.as_ref().map(|c| c.body.as_str()),
+                r.response.as_ref().is_some_and(|c| c.base64),
+                r.response.as_ref().map(|c| i64::try_from(c.size).unwrap_or(i64::MAX)),
+                r.response.as_ref().is_some_and(|c| c.truncated),
+                r.error_kind.map(ErrorKind::as_str),
+                r.error_message,
+                r.dead_lettered,
+                r.trace_id,
+                r.logs,
+                r.cold_start,
+                r.init_ms,
+                r.event,
+                r.replay_of.map(|u| u.to_string()),
+            ])?;
+        }
+        Ok(())
+    })?;
+    tx.commit()
 }
 
 fn q(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
@@ -63,19 +152,16 @@ impl Sqlite {
             .connect_with(opts.clone())
             .await
             .map_err(open_err)?;
-        let writes = if memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(0)
-                .idle_timeout(Some(Duration::from_secs(600)))
-                .connect_with(opts.pragma("cache_size", format!("-{WRITE_CACHE_KIB}")))
-                .await
-                .map_err(open_err)?
-        };
-        let store = Self { pool, writes };
+        let mut store = Self { pool, writer: None };
         store.migrate().await.map_err(open_err)?;
+        if !memory {
+            // After the migrations, so the writer's connection finds the tables.
+            let thread = WriteThread::start(opts.get_filename()).map_err(|e| StoreError::Open {
+                url: url.to_owned(),
+                source: sqlx::Error::Configuration(Box::new(e)),
+            })?;
+            store.writer = Some(thread);
+        }
         Ok(store)
     }
 
@@ -113,8 +199,35 @@ impl Sqlite {
     }
 
     pub(crate) async fn upsert_batch(&self, records: &[EventRecord]) -> Result<(), StoreError> {
+        if self.writer.is_some() {
+            return self.write_batch(records.to_vec()).await.1;
+        }
+        self.insert_in_pool(records).await
+    }
+
+    /// Writes a batch on the write thread (a database file) or on the pool (in memory), and gives
+    /// it back.
+    pub(crate) async fn write_batch(&self, records: Vec<EventRecord>) -> (Vec<EventRecord>, Result<(), StoreError>) {
+        let Some(writer) = &self.writer else {
+            let r = self.insert_in_pool(&records).await;
+            return (records, r);
+        };
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if let Err(std::sync::mpsc::SendError(job)) = writer.jobs.send(WriteJob { records, done }) {
+            return (job.records, Err(StoreError::WriterGone("the records write thread has stopped")));
+        }
+        match rx.await {
+            Ok((records, r)) => (records, r.map_err(|source| StoreError::SqliteWrite { operation: "write", source })),
+            // The thread only drops a job unanswered when it panicked; the batch went with it, and
+            // its waiters are told their records were not written.
+            Err(_) => (Vec::new(), Err(StoreError::WriterGone("the records write thread panicked"))),
+        }
+    }
+
+    /// Multi-row INSERTs on the pool, in the fixed statement shapes.
+    async fn insert_in_pool(&self, records: &[EventRecord]) -> Result<(), StoreError> {
         let keep = newest_versions(records);
-        let mut tx = self.writes.begin().await.map_err(q("write"))?;
+        let mut tx = self.pool.begin().await.map_err(q("write"))?;
         let mut rest = keep.as_slice();
         for size in insert_sizes(keep.len()) {
             let (chunk, tail) = rest.split_at(size);
@@ -242,7 +355,6 @@ impl Sqlite {
     }
 
     pub(crate) async fn close(&self) {
-        self.writes.close().await;
         self.pool.close().await;
     }
 }

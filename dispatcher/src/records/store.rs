@@ -33,6 +33,18 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite records writer's connection failed.
+    #[error("records {operation}: {source}")]
+    SqliteWrite {
+        /// What was being done.
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The SQLite records write thread is gone (it stopped or panicked).
+    #[error("records write: {0}")]
+    WriterGone(&'static str),
     /// A stored row could not be read back.
     #[error("record {id}: corrupt column {column}: {message}")]
     Corrupt {
@@ -235,6 +247,18 @@ impl RecordStore {
     /// [`StoreError::Query`]; nothing of the batch is written then.
     pub async fn upsert_batch(&self, records: &[EventRecord]) -> Result<(), StoreError> {
         each!(self, s => s.upsert_batch(records).await)
+    }
+
+    /// [`Self::upsert_batch`] for the records writer: takes the batch and gives it back, so that a
+    /// SQLite file store can hand it to its write thread without copying it.
+    pub(crate) async fn write_batch(&self, records: Vec<EventRecord>) -> (Vec<EventRecord>, Result<(), StoreError>) {
+        match &self.backend {
+            Backend::Sqlite(s) => s.write_batch(records).await,
+            Backend::Postgres(s) => {
+                let r = s.upsert_batch(&records).await;
+                (records, r)
+            }
+        }
     }
 
     /// One record by id.

@@ -159,7 +159,7 @@ async fn run(
         // span on whatever worker thread the task left, and later tasks there find a closed span as
         // their parent (tracing-subscriber panics on it, killing that task).
         let span = tracing::debug_span!("record_write", records = records.len());
-        let result = commit(&store, &records).instrument(span).await;
+        let (records, result) = commit(&store, records).instrument(span).await;
         metrics.record_batch_size.observe(records.len() as f64);
         metrics.record_batch_duration.observe(started.elapsed().as_secs_f64());
         tracing::trace!(records = records.len(), "record batch committed");
@@ -177,12 +177,15 @@ async fn run(
     }
 }
 
-/// Commits one batch, retrying a few times; the last error when every attempt failed.
-async fn commit(store: &RecordStore, records: &[EventRecord]) -> Result<(), String> {
+/// Commits one batch, retrying a few times; gives the batch back, with the last error when every
+/// attempt failed.
+async fn commit(store: &RecordStore, mut records: Vec<EventRecord>) -> (Vec<EventRecord>, Result<(), String>) {
     let mut result = Err(String::new());
     for attempt in 1..=COMMIT_ATTEMPTS {
-        match store.upsert_batch(records).await {
-            Ok(()) => return Ok(()),
+        let (back, r) = store.write_batch(records).await;
+        records = back;
+        match r {
+            Ok(()) => return (records, Ok(())),
             Err(e) => {
                 tracing::warn!(attempt, records = records.len(), error = %e, "record batch not committed");
                 result = Err(e.to_string());
@@ -190,7 +193,7 @@ async fn commit(store: &RecordStore, records: &[EventRecord]) -> Result<(), Stri
             }
         }
     }
-    result
+    (records, result)
 }
 
 #[cfg(test)]
