@@ -13,22 +13,11 @@ use uuid::Uuid;
 
 use super::store::{newest_versions, ts, Arg, RecordQuery, StoreError, COLUMNS, ON_CONFLICT};
 
-/// Rows per multi-row INSERT, largest first (31 parameters a row, well under SQLite's 32766). A batch
-/// is cut into statements of these sizes only, so the write connection prepares at most four
-/// statements once and reuses them, instead of parsing a new one for every batch size.
-pub(crate) const INSERT_SHAPES: [usize; 4] = [64, 16, 4, 1];
+/// Rows per multi-row INSERT on the pool (31 parameters each, well under SQLite's 32766).
+pub(crate) const ROWS_PER_INSERT: usize = 100;
 /// Page cache of the write connection, in KiB: the pages a batch touches (the tails of the table
 /// and of its indexes) stay cached between batches instead of being read back from the file.
 const WRITE_CACHE_KIB: i64 = 32 * 1024;
-
-/// Cuts `n` rows into statement sizes taken from [`INSERT_SHAPES`] (largest first).
-fn insert_sizes(mut n: usize) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        let size = INSERT_SHAPES.into_iter().find(|&s| s <= n)?;
-        n -= size;
-        Some(size)
-    })
-}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Sqlite {
@@ -56,39 +45,32 @@ struct WriteJob {
 }
 
 impl WriteThread {
-    fn start(path: &std::path::Path) -> Result<Self, rusqlite::Error> {
+    fn start(path: &std::path::Path) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -WRITE_CACHE_KIB)?;
+        let placeholders = (1..=31).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let upsert = format!("INSERT INTO event_records ({COLUMNS}) VALUES ({placeholders}){ON_CONFLICT}");
         let (jobs, rx) = std::sync::mpsc::channel::<WriteJob>();
-        std::thread::Builder::new()
-            .name("switchyard-records-sqlite".to_owned())
-            .spawn(move || {
-                let mut conn = conn;
-                // Ends when every handle is dropped; the connection closes with it.
-                while let Ok(WriteJob { records, done }) = rx.recv() {
-                    let result = write_rows(&mut conn, &records);
-                    let _ = done.send((records, result));
-                }
-            })
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        std::thread::Builder::new().name("switchyard-records-sqlite".to_owned()).spawn(move || {
+            let mut conn = conn;
+            // Ends when every handle is dropped; the connection closes with it.
+            while let Ok(WriteJob { records, done }) = rx.recv() {
+                let result = write_rows(&mut conn, &upsert, &records);
+                let _ = done.send((records, result));
+            }
+        })?;
         Ok(Self { jobs })
     }
 }
 
-/// The single-row upsert the write thread keeps prepared.
-fn upsert_one() -> String {
-    let placeholders = (1..=31).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    format!("INSERT INTO event_records ({COLUMNS}) VALUES ({placeholders}){ON_CONFLICT}")
-}
-
 /// Writes the newest version of each record of the batch in one transaction.
-fn write_rows(conn: &mut rusqlite::Connection, records: &[EventRecord]) -> Result<(), rusqlite::Error> {
-    thread_local!(static SQL: String = upsert_one());
+/// `upsert` is the single-row statement, kept prepared by the connection's statement cache.
+fn write_rows(conn: &mut rusqlite::Connection, upsert: &str, records: &[EventRecord]) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    SQL.with(|sql| -> Result<(), rusqlite::Error> {
-        let mut stmt = tx.prepare_cached(sql)?;
+    {
+        let mut stmt = tx.prepare_cached(upsert)?;
         for i in newest_versions(records) {
             let r = &records[i];
             stmt.execute(rusqlite::params![
@@ -125,8 +107,7 @@ fn write_rows(conn: &mut rusqlite::Connection, records: &[EventRecord]) -> Resul
                 r.replay_of.map(|u| u.to_string()),
             ])?;
         }
-        Ok(())
-    })?;
+    }
     tx.commit()
 }
 
@@ -156,10 +137,8 @@ impl Sqlite {
         store.migrate().await.map_err(open_err)?;
         if !memory {
             // After the migrations, so the writer's connection finds the tables.
-            let thread = WriteThread::start(opts.get_filename()).map_err(|e| StoreError::Open {
-                url: url.to_owned(),
-                source: sqlx::Error::Configuration(Box::new(e)),
-            })?;
+            let thread = WriteThread::start(opts.get_filename())
+                .map_err(|e| StoreError::Open { url: url.to_owned(), source: sqlx::Error::Configuration(e) })?;
             store.writer = Some(thread);
         }
         Ok(store)
@@ -224,14 +203,11 @@ impl Sqlite {
         }
     }
 
-    /// Multi-row INSERTs on the pool, in the fixed statement shapes.
+    /// Multi-row INSERTs on the pool (an in-memory database).
     async fn insert_in_pool(&self, records: &[EventRecord]) -> Result<(), StoreError> {
         let keep = newest_versions(records);
         let mut tx = self.pool.begin().await.map_err(q("write"))?;
-        let mut rest = keep.as_slice();
-        for size in insert_sizes(keep.len()) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
+        for chunk in keep.chunks(ROWS_PER_INSERT) {
             let mut qb: QueryBuilder<'_, sqlx::Sqlite> = QueryBuilder::new("INSERT INTO event_records (");
             qb.push(COLUMNS).push(") ");
             qb.push_values(chunk.iter().map(|&i| &records[i]), |mut b, r| {
@@ -452,21 +428,4 @@ where
         replay_of: f.replay_of,
         event: row.get("event"),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_cut_into_the_few_statement_shapes() {
-        assert_eq!(insert_sizes(0).count(), 0);
-        assert_eq!(insert_sizes(1).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(insert_sizes(87).collect::<Vec<_>>(), vec![64, 16, 4, 1, 1, 1]);
-        for n in 0..600 {
-            let sizes: Vec<usize> = insert_sizes(n).collect();
-            assert_eq!(sizes.iter().sum::<usize>(), n, "every row of {n} is written once");
-            assert!(sizes.iter().all(|s| INSERT_SHAPES.contains(s)));
-        }
-    }
 }

@@ -401,7 +401,7 @@ pub(crate) mod tests {
     }
 
     async fn large_batches_and_pages(store: RecordStore) {
-        let n = super::super::sqlite::INSERT_SHAPES[0] * 3 + 7;
+        let n = super::super::sqlite::ROWS_PER_INSERT * 3 + 7;
         let batch: Vec<EventRecord> = (0..n).map(|_| record(Status::Success, "f")).collect();
         store.upsert_batch(&batch).await.unwrap();
         assert_eq!(store.count(None).await.unwrap(), batch.len() as i64);
