@@ -346,3 +346,48 @@ async fn skipped_and_cancelled_deliveries_are_recorded() {
     assert_eq!((rs[0].error_kind, rs[0].dead_lettered), (Some(ErrorKind::Cancelled), false));
     b.running.shutdown().await;
 }
+
+/// Waits until the store holds a PENDING row for `function` (the invocation is still running).
+async fn wait_pending(b: &common::Broker, function: &str) {
+    let store = b.running.dispatcher.store();
+    let q = RecordQuery { status: Some(Status::Pending), ..by_function(function) };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.list(&q).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no PENDING row for {function}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pending_row_is_written_only_for_an_invocation_still_running_after_pending_after() {
+    let fs = function_server().await;
+    let yaml = |after: &str| {
+        format!(
+            "records: {{pending_after: {after}}}\nfunctions:\n  - {{name: gated, runtime: http, url: '{}'}}\ntriggers:\n  - {{name: t, function: gated}}\n",
+            fs.url("/gate")
+        )
+    };
+    // Running for less than pending_after (an hour): no row until the terminal one.
+    let b = broker(&yaml("1h")).await;
+    let started = fs.seen.slow_started.notified();
+    assert_eq!(b.post_event("quick", "x", "{}").await.status(), 202);
+    started.await;
+    let store = b.running.dispatcher.store();
+    assert!(store.list(&by_function("gated")).await.unwrap().is_empty(), "no PENDING row before pending_after");
+    fs.seen.gate.notify_one();
+    let records = b.wait_terminal(by_function("gated"), 1).await;
+    assert_eq!(records[0].status, Status::Success);
+    b.running.shutdown().await;
+    // Still running after pending_after: the PENDING row shows, then the terminal row replaces it.
+    for after in ["20ms", "0s"] {
+        let b = broker(&yaml(after)).await;
+        let started = fs.seen.slow_started.notified();
+        assert_eq!(b.post_event(&format!("long-{after}"), "x", "{}").await.status(), 202);
+        started.await;
+        wait_pending(&b, "gated").await;
+        fs.seen.gate.notify_one();
+        let records = b.wait_terminal(by_function("gated"), 1).await;
+        assert_eq!((records.len(), records[0].status), (1, Status::Success), "pending_after {after}");
+        b.running.shutdown().await;
+    }
+}

@@ -187,6 +187,8 @@ struct FunctionEntry {
     admission: Arc<Semaphore>,
     /// Attempts running in the runtime now.
     running: Arc<std::sync::atomic::AtomicUsize>,
+    /// The function's own series of the metrics every invocation touches, looked up once.
+    meters: metrics::FunctionMeters,
 }
 
 impl FunctionEntry {
@@ -257,10 +259,10 @@ impl Dispatcher {
         let http = runtime::http::client()
             .map_err(|e| DeployError { function: "(http client)".to_owned(), message: e.to_string() })?;
         let metrics = Arc::new(Metrics::new());
-        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics), config.records.pending_after);
+        let (writer, _task) = RecordWriter::spawn(store.clone(), Arc::clone(&metrics));
         let mut registry = Registry::default();
         for f in &config.functions {
-            registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http).await?));
+            registry.functions.insert(f.name.clone(), Arc::new(deploy(f, &http, &metrics).await?));
         }
         registry.triggers = config.triggers.iter().cloned().map(Arc::new).collect();
         let background = CancellationToken::new();
@@ -394,8 +396,8 @@ impl Dispatcher {
         let span = tracing::debug_span!(
             "delivery",
             otel.name = "route",
-            event_id = %delivery.event.id,
-            event_type = %delivery.event.ty,
+            event_id = delivery.event.id.as_str(),
+            event_type = delivery.event.ty.as_str(),
             triggers = matched.len()
         );
         // Places in the triggers' ordered lanes are taken now, in the order deliveries arrive.
@@ -632,7 +634,13 @@ impl Dispatcher {
         let RunSpec { trigger, policy, dead_letter, replay_of, turn } = spec;
         let mut record = self.new_record(function, trigger, &event, received_at);
         record.replay_of = replay_of;
-        self.inner.writer.queue_pending(record.clone()).await?;
+        // The PENDING row is written only for an invocation still running after `pending_after`
+        // (at once when that is zero): a quick invocation costs one row, its terminal one.
+        let pending_after = self.inner.records.pending_after;
+        let mut pending_written = pending_after.is_zero();
+        if pending_written {
+            self.inner.writer.queue(record.clone()).await?;
+        }
         let trace_id = record.trace_id.clone().unwrap_or_default();
         let caps = &self.inner.records;
         let progress = Arc::new(Progress::default());
@@ -648,10 +656,22 @@ impl Dispatcher {
             progress: Arc::clone(&progress),
         };
         let svc = stack::with_retry(function.service.clone(), policy);
-        let response = tokio::select! {
-            r = svc.oneshot(invocation) => r,
-            () = self.inner.abandon.cancelled() => Err(InvokeError::shutdown()),
-            () = cancel.cancelled() => Err(InvokeError::cancelled()),
+        let call = svc.oneshot(invocation);
+        let still_running = tokio::time::sleep(pending_after);
+        tokio::pin!(call, still_running);
+        let response = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                () = &mut still_running, if !pending_written => {
+                    pending_written = true;
+                    // Only the writer's shutdown refuses it; the terminal record then says so.
+                    if let Err(e) = self.inner.writer.queue(record.clone()).await {
+                        tracing::debug!(record = %record.id, error = %e, "PENDING row not queued");
+                    }
+                }
+                () = self.inner.abandon.cancelled() => break Err(InvokeError::shutdown()),
+                () = cancel.cancelled() => break Err(InvokeError::cancelled()),
+            }
         };
         drop(turn); // the lane's next invocation may start: this one has returned
         let finished = Utc::now();
@@ -681,15 +701,14 @@ impl Dispatcher {
                 tracing::debug!(function = %record.function, kind = %e.kind, attempts = record.attempts, "invocation failed");
             }
         }
-        self.observe(&record);
+        self.observe(function, &record);
         if record.dead_lettered {
             self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(sink) = dead_letter {
                 self.send_dead_letter(sink, &event, &mut record).await;
             }
         }
-        let span =
-            tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = %record.status);
+        let span = tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = record.status.as_str());
         let record = self.inner.writer.write(record).instrument(span).await?;
         if record.status == Status::Success {
             self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -719,17 +738,21 @@ impl Dispatcher {
     }
 
     /// Counts a terminal invocation in the metrics.
-    fn observe(&self, record: &EventRecord) {
+    fn observe(&self, function: &FunctionEntry, record: &EventRecord) {
         let m = &self.inner.metrics;
         let label = metrics::function(&record.function);
-        m.invocations
-            .get_or_create(&metrics::StatusLabel {
-                function: record.function.clone(),
-                status: record.status.as_str().to_owned(),
-            })
-            .inc();
+        if record.status == Status::Success {
+            function.meters.succeeded.inc();
+        } else {
+            m.invocations
+                .get_or_create(&metrics::StatusLabel {
+                    function: record.function.clone(),
+                    status: record.status.as_str().to_owned(),
+                })
+                .inc();
+        }
         if let Some(ms) = record.duration_ms {
-            m.invocation_duration.get_or_create(&label).observe(ms.max(0) as f64 / 1000.0);
+            function.meters.duration.observe(ms.max(0) as f64 / 1000.0);
         }
         if record.attempts > 1 {
             m.retries.get_or_create(&label).inc_by(u64::from(record.attempts - 1));
@@ -811,7 +834,7 @@ impl Dispatcher {
         } else {
             record.status = Status::Skipped;
         }
-        self.observe(&record);
+        self.observe(function, &record);
         let record = self.inner.writer.write(record).await?;
         Ok(InvokeResult { record, response: Err(InvokeError::cancelled().with_logs(reason)) })
     }
@@ -861,7 +884,7 @@ impl Dispatcher {
     pub async fn finish_deploy(&self, deployment: Deployment) -> Result<bool, DeployError> {
         let Deployment { config, deployment, created } = deployment;
         let name = config.name.clone();
-        let built = deploy(&config, &self.inner.http).await;
+        let built = deploy(&config, &self.inner.http, &self.inner.metrics).await;
         let current = |reg: &Registry| reg.pending.get(&name).is_some_and(|p| p.deployment == deployment);
         match built {
             Ok(entry) => {
@@ -1041,14 +1064,19 @@ fn info(reg: &Registry, name: &str) -> Option<FunctionInfo> {
     })
 }
 
-async fn deploy(config: &FunctionConfig, http: &reqwest::Client) -> Result<FunctionEntry, DeployError> {
+async fn deploy(
+    config: &FunctionConfig,
+    http: &reqwest::Client,
+    metrics: &Metrics,
+) -> Result<FunctionEntry, DeployError> {
     let runtime = runtime::build(config, http).await?;
     // One invocation per instance: at most max_instances run; the rest wait in the queue.
     let limit = config.max_instances.map_or(config.max_concurrency, |m| m.min(config.max_concurrency));
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let service = stack::build(Arc::clone(&runtime), limit, Arc::clone(&running));
     let admission = Arc::new(Semaphore::new(config.max_concurrency + config.queue_size));
-    Ok(FunctionEntry { config: config.clone(), runtime, service, admission, running })
+    let meters = metrics.function_meters(&config.name);
+    Ok(FunctionEntry { config: config.clone(), runtime, service, admission, running, meters })
 }
 
 fn non_empty(text: &str, cap: usize) -> Option<String> {

@@ -43,6 +43,15 @@ pub struct LagLabel {
 
 type Counters<L> = Family<L, Counter>;
 
+/// One function's SUCCESS counter and duration histogram (see [`Metrics::function_meters`]).
+#[derive(Debug, Clone)]
+pub struct FunctionMeters {
+    /// `switchyard_invocations_total{function, status="SUCCESS"}`.
+    pub succeeded: Counter,
+    /// `switchyard_invocation_duration_seconds{function}`.
+    pub duration: Histogram,
+}
+
 fn seconds() -> Histogram {
     // 1 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -166,6 +175,16 @@ impl Metrics {
     /// Counts an event taken from `source`.
     pub fn received(&self, source: &str) {
         self.events_received.get_or_create(&SourceLabel { source: source.to_owned() }).inc();
+    }
+
+    /// The series of `function` that every invocation updates, created now and shared with the
+    /// registry: counting through them takes no lock and builds no label.
+    pub fn function_meters(&self, function: &str) -> FunctionMeters {
+        let status = StatusLabel { function: function.to_owned(), status: "SUCCESS".to_owned() };
+        FunctionMeters {
+            succeeded: self.invocations.get_or_create(&status).clone(),
+            duration: self.invocation_duration.get_or_create(&self::function(function)).clone(),
+        }
     }
 
     /// The OpenMetrics text exposition.
