@@ -367,8 +367,9 @@ async fn a_pending_row_is_written_only_for_an_invocation_still_running_after_pen
             fs.url("/gate")
         )
     };
-    // Running for less than pending_after (an hour): no row until the terminal one.
-    let b = broker(&yaml("1h")).await;
+    // Running for less than pending_after (a minute, the longest allowed): no row until the
+    // terminal one.
+    let b = broker(&yaml("60s")).await;
     let started = fs.seen.slow_started.notified();
     assert_eq!(b.post_event("quick", "x", "{}").await.status(), 202);
     started.await;

@@ -740,7 +740,7 @@ impl Dispatcher {
     /// Counts a terminal invocation in the metrics.
     fn observe(&self, function: &FunctionEntry, record: &EventRecord) {
         let m = &self.inner.metrics;
-        let label = metrics::function(&record.function);
+        let label = || metrics::function(&record.function);
         if record.status == Status::Success {
             function.meters.succeeded.inc();
         } else {
@@ -755,13 +755,13 @@ impl Dispatcher {
             function.meters.duration.observe(ms.max(0) as f64 / 1000.0);
         }
         if record.attempts > 1 {
-            m.retries.get_or_create(&label).inc_by(u64::from(record.attempts - 1));
+            m.retries.get_or_create(&label()).inc_by(u64::from(record.attempts - 1));
         }
         if record.cold_start {
-            m.cold_starts.get_or_create(&label).inc();
+            m.cold_starts.get_or_create(&label()).inc();
         }
         if record.dead_lettered {
-            m.dead_letters.get_or_create(&label).inc();
+            m.dead_letters.get_or_create(&label()).inc();
         }
     }
 
