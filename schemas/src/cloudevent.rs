@@ -329,9 +329,11 @@ impl CloudEvent {
         Value::Object(obj)
     }
 
-    /// The event in the JSON event format, as bytes.
+    /// The event in the JSON event format, as bytes: the same bytes as serializing
+    /// [`CloudEvent::to_json_value`], written straight from the event without building (and
+    /// cloning every string into) a JSON tree first.
     pub fn to_json_vec(&self) -> Vec<u8> {
-        self.to_json_value().to_string().into_bytes()
+        serde_json::to_vec(&JsonFormat(self)).unwrap_or_else(|_| self.to_json_value().to_string().into_bytes())
     }
 
     /// The string form of a context attribute (core or extension) by name: `type` is
@@ -531,6 +533,67 @@ pub(crate) fn parse_time(v: &str) -> Result<DateTime<FixedOffset>, EventError> {
 }
 
 /// The canonical form of a timestamp: RFC 3339, only the fractional digits needed, `Z` for UTC.
+/// A member of an event in the JSON event format, borrowed from the event where it can be.
+enum Member<'a> {
+    Str(&'a str),
+    Owned(String),
+    Int(i64),
+    Bool(bool),
+    Json(&'a Value),
+}
+
+impl serde::Serialize for Member<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Str(v) => s.serialize_str(v),
+            Self::Owned(v) => s.serialize_str(v),
+            Self::Int(v) => s.serialize_i64(*v),
+            Self::Bool(v) => s.serialize_bool(*v),
+            Self::Json(v) => v.serialize(s),
+        }
+    }
+}
+
+/// Serializes an event in the JSON event format. Members are collected as
+/// [`CloudEvent::to_json_value`] inserts them (extensions, then core attributes, then the data, a
+/// later one replacing an earlier one of the same name) and written sorted by name, as
+/// `serde_json::Map` writes them, so both give the same bytes.
+struct JsonFormat<'a>(&'a CloudEvent);
+
+impl serde::Serialize for JsonFormat<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let e = self.0;
+        let mut members: BTreeMap<&str, Member<'_>> = BTreeMap::new();
+        for (name, value) in &e.extensions {
+            let v = match value {
+                ExtensionValue::String(v) => Member::Str(v),
+                ExtensionValue::Integer(v) => Member::Int(*v),
+                ExtensionValue::Boolean(v) => Member::Bool(*v),
+            };
+            members.insert(name, v);
+        }
+        for name in CORE_ATTRIBUTES {
+            match e.attribute(name) {
+                Some(Cow::Borrowed(v)) => members.insert(name, Member::Str(v)),
+                Some(Cow::Owned(v)) => members.insert(name, Member::Owned(v)),
+                None => None,
+            };
+        }
+        match &e.data {
+            Some(Data::Json(v)) => members.insert("data", Member::Json(v)),
+            Some(Data::Text(v)) => members.insert("data", Member::Str(v)),
+            Some(Data::Binary(b)) => members.insert("data_base64", Member::Owned(STANDARD.encode(b))),
+            None => None,
+        };
+        let mut map = s.serialize_map(Some(members.len()))?;
+        for (name, value) in &members {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 pub(crate) fn format_time(t: &DateTime<FixedOffset>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
@@ -794,6 +857,26 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_bytes_are_those_of_the_json_value() {
+        let mut e = CloudEvent::new("id-1", "/src", "com.example.t");
+        e.subject = Some("a \"quoted\" subject".to_owned());
+        e.time = Some(parse_rfc3339("2018-04-05T17:31:00.5+02:00").unwrap());
+        e.datacontenttype = Some("application/json".to_owned());
+        e.extensions.insert("zeta".to_owned(), ExtensionValue::Integer(-7));
+        e.extensions.insert("alpha".to_owned(), ExtensionValue::Boolean(true));
+        e.extensions.insert("partitionkey".to_owned(), ExtensionValue::String("k\u{e9}y".to_owned()));
+        for data in [
+            None,
+            Some(Data::Json(serde_json::json!({"b": [1, 2.5, null], "a": {"z": "\n"}}))),
+            Some(Data::Text("plain text".to_owned())),
+            Some(Data::Binary(Bytes::from_static(&[0, 159, 146, 150]))),
+        ] {
+            e.data = data;
+            assert_eq!(String::from_utf8(e.to_json_vec()).unwrap(), e.to_json_value().to_string(), "data {:?}", e.data);
+        }
+    }
 
     #[test]
     fn rfc3339_accepts_any_precision_and_offset() {

@@ -269,15 +269,27 @@ pub fn to_batch(events: &[CloudEvent]) -> (HeaderMap, Bytes) {
 }
 
 fn insert_attribute(headers: &mut HeaderMap, attr: &str, value: &str) {
-    if let Ok(name) = HeaderName::from_bytes(format!("{PREFIX}{attr}").as_bytes()) {
-        headers.insert(name, encode_header_value(value));
-    }
+    // The core attributes' header names are constants; only extensions build theirs.
+    let name = match attr {
+        "specversion" => HeaderName::from_static("ce-specversion"),
+        "id" => HeaderName::from_static("ce-id"),
+        "source" => HeaderName::from_static("ce-source"),
+        "type" => HeaderName::from_static("ce-type"),
+        "dataschema" => HeaderName::from_static("ce-dataschema"),
+        "subject" => HeaderName::from_static("ce-subject"),
+        "time" => HeaderName::from_static("ce-time"),
+        _ => match HeaderName::from_bytes(format!("{PREFIX}{attr}").as_bytes()) {
+            Ok(name) => name,
+            Err(_) => return,
+        },
+    };
+    headers.insert(name, encode_header_value(value));
 }
 
 /// Percent-encodes an attribute value for a `ce-*` header: space, `"`, `%` and every character
 /// outside U+0021..U+007E become `%XX` of their UTF-8 bytes.
 fn encode_header_value(value: &str) -> HeaderValue {
-    let encoded = utf8_percent_encode(value, HEADER_VALUE_ENCODE).to_string();
+    let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, HEADER_VALUE_ENCODE).into();
     HeaderValue::from_str(&encoded).expect("percent-encoded text is visible ASCII")
 }
 
