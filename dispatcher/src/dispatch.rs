@@ -486,14 +486,24 @@ impl Dispatcher {
         let Part { skip, undecodable, cancel, object_client, turn } = part;
         let skip = match (&undecodable, skip) {
             (_, Some(reason)) => Some(reason),
-            (None, None) => self.duplicate_of(trigger, &event).await,
+            // Boxed, like every rarely taken path holding a large future (store lookups, S3 calls,
+            // dead-letter publishes): inline, they would make every invocation's future as large
+            // as the largest of them (12 KB), allocated and moved once per event.
+            (None, None) if trigger.idempotency_window.is_some() => Box::pin(self.duplicate_of(trigger, &event)).await,
+            (None, None) => None,
             (Some(_), None) => None,
         };
         match (undecodable, skip) {
-            (Some(error), _) => self.not_invoked(function, trigger, event, received_at, error, true).await,
-            (None, Some(reason)) => self.not_invoked(function, trigger, event, received_at, reason, false).await,
+            (Some(error), _) => Box::pin(self.not_invoked(function, trigger, event, received_at, error, true)).await,
+            (None, Some(reason)) => {
+                Box::pin(self.not_invoked(function, trigger, event, received_at, reason, false)).await
+            }
             (None, None) => {
-                let event = self.inner.objects.apply(trigger, object_client, event).await;
+                let event = if trigger.object.is_some() {
+                    Box::pin(self.inner.objects.apply(trigger, object_client, event)).await
+                } else {
+                    event
+                };
                 self.run(function, RunSpec { turn, ..RunSpec::of(trigger) }, event, received_at, cancel).await
             }
         }
@@ -705,7 +715,7 @@ impl Dispatcher {
         if record.dead_lettered {
             self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(sink) = dead_letter {
-                self.send_dead_letter(sink, &event, &mut record).await;
+                Box::pin(self.send_dead_letter(sink, &event, &mut record)).await;
             }
         }
         let span = tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = record.status.as_str());
@@ -829,7 +839,7 @@ impl Dispatcher {
             record.dead_lettered = true;
             self.inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(sink) = &trigger.dead_letter {
-                self.send_dead_letter(sink, &event, &mut record).await;
+                Box::pin(self.send_dead_letter(sink, &event, &mut record)).await;
             }
         } else {
             record.status = Status::Skipped;
