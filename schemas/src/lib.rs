@@ -21,6 +21,7 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "registry", include_str!("../sql/sqlite/0005_registry.sql")),
     (6, "registry_sources", include_str!("../sql/sqlite/0006_registry_sources.sql")),
     (7, "drop_redundant_index", include_str!("../sql/sqlite/0007_drop_redundant_index.sql")),
+    (8, "partial_dead_letter_index", include_str!("../sql/sqlite/0008_partial_dead_letter_index.sql")),
 ];
 
 /// PostgreSQL migrations in order: (version, name, SQL). Applied by the records store at start, under

@@ -168,7 +168,7 @@ impl Postgres {
                 Arg::Text(s) => qb.push_bind(s),
                 Arg::Time(t) => qb.push_bind(t),
                 Arg::Id(u) => qb.push_bind(u),
-                Arg::Bool(b) => qb.push_bind(b),
+                Arg::Nothing => &mut qb,
             };
         }
         qb.push(query.order()).push_bind(query.page_size());

@@ -267,7 +267,7 @@ impl Sqlite {
                 Arg::Text(s) => qb.push_bind(s),
                 Arg::Time(t) => qb.push_bind(ts(t)),
                 Arg::Id(u) => qb.push_bind(u.to_string()),
-                Arg::Bool(b) => qb.push_bind(b),
+                Arg::Nothing => &mut qb,
             };
         }
         qb.push(query.order()).push_bind(query.page_size());
@@ -428,4 +428,29 @@ where
         replay_of: f.replay_of,
         event: row.get("event"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::store::Arg;
+
+    /// Listing dead letters reads the partial index of dead-lettered records, not every record.
+    #[tokio::test]
+    async fn dead_letter_listing_uses_the_partial_index() {
+        let store = Sqlite::open("sqlite::memory:").await.unwrap();
+        for (dead, index) in [(true, "event_records_dead"), (false, "sqlite_autoindex_event_records_1")] {
+            let query = RecordQuery { dead_lettered: Some(dead), limit: 10, ..RecordQuery::default() };
+            // The statement `list` runs, with the page size written in.
+            let mut sql = format!("EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM event_records WHERE 1 = 1");
+            for (clause, arg) in query.clauses() {
+                assert!(matches!(arg, Arg::Nothing), "{clause} binds nothing");
+                sql.push_str(clause);
+            }
+            sql.push_str(query.order());
+            sql.push_str("10");
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&sql).fetch_all(store.pool()).await.unwrap();
+            assert!(plan.iter().any(|(.., detail)| detail.contains(index)), "dead_lettered {dead}: {plan:?}");
+        }
+    }
 }

@@ -88,11 +88,12 @@ pub(crate) enum Arg {
     Text(String),
     Time(DateTime<Utc>),
     Id(Uuid),
-    Bool(bool),
+    /// The clause is complete: nothing to bind.
+    Nothing,
 }
 
 impl RecordQuery {
-    /// The WHERE clauses (each `column op ` followed by one bound value), in a fixed order.
+    /// The WHERE clauses (each `column op ` followed by one bound value, or complete), in a fixed order.
     pub(crate) fn clauses(&self) -> Vec<(&'static str, Arg)> {
         let mut c = Vec::new();
         if let Some(f) = &self.function {
@@ -107,8 +108,12 @@ impl RecordQuery {
         if let Some(k) = self.error_kind {
             c.push((" AND error_kind = ", Arg::Text(k.as_str().to_owned())));
         }
-        if let Some(d) = self.dead_lettered {
-            c.push((" AND dead_lettered = ", Arg::Bool(d)));
+        // Written out, not bound: SQLite uses its partial index of dead-lettered records (`WHERE
+        // dead_lettered`) only for a query that says `dead_lettered` in those words.
+        match self.dead_lettered {
+            Some(true) => c.push((" AND dead_lettered", Arg::Nothing)),
+            Some(false) => c.push((" AND NOT dead_lettered", Arg::Nothing)),
+            None => {}
         }
         if let Some(t) = self.since {
             c.push((" AND received_at >= ", Arg::Time(t)));
@@ -389,6 +394,8 @@ pub(crate) mod tests {
         // Filters.
         let dead = RecordQuery { dead_lettered: Some(true), limit: 10, ..RecordQuery::default() };
         assert_eq!(store.list(&dead).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![pending.id]);
+        let alive = RecordQuery { dead_lettered: Some(false), limit: 10, ..RecordQuery::default() };
+        assert_eq!(store.list(&alive).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![other.id]);
         let timeouts = RecordQuery { error_kind: Some(ErrorKind::Timeout), limit: 10, ..RecordQuery::default() };
         assert_eq!(store.list(&timeouts).await.unwrap().len(), 1);
         let g = RecordQuery {
