@@ -484,14 +484,13 @@ impl Dispatcher {
         part: Part<'_>,
     ) -> Result<InvokeResult, DispatchError> {
         let Part { skip, undecodable, cancel, object_client, turn } = part;
+        // Boxed, like every rarely taken path holding a large future (store lookups, S3 calls,
+        // dead-letter publishes): inline, they would make every invocation's future as large as the
+        // largest of them (12 KB), allocated and moved once per event.
         let skip = match (&undecodable, skip) {
             (_, Some(reason)) => Some(reason),
-            // Boxed, like every rarely taken path holding a large future (store lookups, S3 calls,
-            // dead-letter publishes): inline, they would make every invocation's future as large
-            // as the largest of them (12 KB), allocated and moved once per event.
             (None, None) if trigger.idempotency_window.is_some() => Box::pin(self.duplicate_of(trigger, &event)).await,
-            (None, None) => None,
-            (Some(_), None) => None,
+            _ => None,
         };
         match (undecodable, skip) {
             (Some(error), _) => Box::pin(self.not_invoked(function, trigger, event, received_at, error, true)).await,

@@ -532,7 +532,6 @@ pub(crate) fn parse_time(v: &str) -> Result<DateTime<FixedOffset>, EventError> {
     parse_rfc3339(v).ok_or_else(|| EventError::new("time", format!("must be an RFC 3339 timestamp, got {}", quoted(v))))
 }
 
-/// The canonical form of a timestamp: RFC 3339, only the fractional digits needed, `Z` for UTC.
 /// A member of an event in the JSON event format, borrowed from the event where it can be.
 enum Member<'a> {
     Str(&'a str),
@@ -594,6 +593,7 @@ impl serde::Serialize for JsonFormat<'_> {
     }
 }
 
+/// The canonical form of a timestamp: RFC 3339, only the fractional digits needed, `Z` for UTC.
 pub(crate) fn format_time(t: &DateTime<FixedOffset>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
