@@ -19,7 +19,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::lanes::{LaneId, Lanes, Turn};
@@ -109,6 +108,8 @@ struct Part<'a> {
     object_client: Option<&'a switchyard_connectors::s3::object::ObjectClient>,
     /// The delivery's place in the trigger's ordered lane, held until the invocation has returned.
     turn: Option<Turn>,
+    /// The delivery's route span: the parent of the invocation's spans.
+    span: &'a tracing::Span,
 }
 
 /// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
@@ -121,16 +122,19 @@ struct RunSpec<'a> {
     /// included), before the record is durable, so the next invocation of the lane does not wait
     /// for a records batch.
     turn: Option<Turn>,
+    /// The span the invocation's attempt and record-write spans are children of.
+    parent: &'a tracing::Span,
 }
 
 impl<'a> RunSpec<'a> {
-    fn of(trigger: &'a TriggerConfig) -> Self {
+    fn of(trigger: &'a TriggerConfig, parent: &'a tracing::Span) -> Self {
         Self {
             trigger: &trigger.name,
             policy: &trigger.delivery,
             dead_letter: trigger.dead_letter.as_ref(),
             replay_of: None,
             turn: None,
+            parent,
         }
     }
 }
@@ -396,7 +400,6 @@ impl Dispatcher {
         let span = tracing::debug_span!(
             "delivery",
             otel.name = "route",
-            event_id = delivery.event.id.as_str(),
             event_type = delivery.event.ty.as_str(),
             triggers = matched.len()
         );
@@ -408,68 +411,73 @@ impl Dispatcher {
                 .collect(),
             None => matched.iter().map(|_| None).collect(),
         };
-        self.inner.tracker.spawn(
-            async move {
-                let event = Arc::new(delivery.event);
-                let received_at = Utc::now();
-                let skip = delivery.skip.clone();
-                let undecodable = delivery.undecodable.clone();
-                let cancel = delivery.cancel.clone().unwrap_or_default();
-                let withdraw = delivery.withdraw.clone().unwrap_or_default();
-                let object_client = delivery.object_client.clone();
-                let runs = matched.into_iter().zip(permits).zip(turns).map(|(((trigger, function), permit), turn)| {
-                    let this = this.clone();
-                    let event = Arc::clone(&event);
-                    let skip = skip.clone();
-                    let undecodable = undecodable.clone();
-                    let cancel = cancel.clone();
-                    let withdraw = withdraw.clone();
-                    let object_client = object_client.clone();
-                    async move {
-                        let mut turn = turn;
-                        // Not started yet: withdrawn (its partition was revoked), or shut down while
-                        // waiting for its turn: no record, and the message is redelivered.
-                        let started = match turn.as_mut() {
-                            Some(turn) => tokio::select! {
-                                biased;
-                                () = withdraw.cancelled() => false,
-                                () = this.inner.abandon.cancelled() => false,
-                                () = turn.ready() => true,
-                            },
-                            None => !withdraw.is_cancelled(),
-                        };
-                        if !started {
-                            return Err(DispatchError::ShuttingDown);
-                        }
-                        let part =
-                            Part { skip, undecodable, cancel: &cancel, object_client: object_client.as_ref(), turn };
-                        let r = this.deliver_one(&trigger, &function, event, received_at, part).await;
-                        drop(permit);
-                        r
+        self.inner.tracker.spawn(async move {
+            let event = Arc::new(delivery.event);
+            let received_at = Utc::now();
+            let skip = delivery.skip.clone();
+            let undecodable = delivery.undecodable.clone();
+            let cancel = delivery.cancel.clone().unwrap_or_default();
+            let withdraw = delivery.withdraw.clone().unwrap_or_default();
+            let object_client = delivery.object_client.clone();
+            let runs = matched.into_iter().zip(permits).zip(turns).map(|(((trigger, function), permit), turn)| {
+                let this = this.clone();
+                let span = span.clone();
+                let event = Arc::clone(&event);
+                let skip = skip.clone();
+                let undecodable = undecodable.clone();
+                let cancel = cancel.clone();
+                let withdraw = withdraw.clone();
+                let object_client = object_client.clone();
+                async move {
+                    let mut turn = turn;
+                    // Not started yet: withdrawn (its partition was revoked), or shut down while
+                    // waiting for its turn: no record, and the message is redelivered.
+                    let started = match turn.as_mut() {
+                        Some(turn) => tokio::select! {
+                            biased;
+                            () = withdraw.cancelled() => false,
+                            () = this.inner.abandon.cancelled() => false,
+                            () = turn.ready() => true,
+                        },
+                        None => !withdraw.is_cancelled(),
+                    };
+                    if !started {
+                        return Err(DispatchError::ShuttingDown);
                     }
-                });
-                let results = futures::future::join_all(runs).await;
-                let invocations = results.len();
-                let mut failed = 0;
-                let mut abandoned = false;
-                for r in &results {
-                    match r {
-                        Ok(res) if res.record.status == Status::Failure => {
-                            failed += 1;
-                            abandoned |= res.record.error_kind == Some(ErrorKind::Shutdown);
-                        }
-                        Ok(_) => {}
-                        Err(_) => abandoned = true,
-                    }
+                    let part = Part {
+                        skip,
+                        undecodable,
+                        cancel: &cancel,
+                        object_client: object_client.as_ref(),
+                        turn,
+                        span: &span,
+                    };
+                    let r = this.deliver_one(&trigger, &function, event, received_at, part).await;
+                    drop(permit);
+                    r
                 }
-                delivery.ack.resolve(if abandoned {
-                    Outcome::Abandoned
-                } else {
-                    Outcome::Completed { invocations, failed }
-                });
+            });
+            let results = futures::future::join_all(runs).await;
+            let invocations = results.len();
+            let mut failed = 0;
+            let mut abandoned = false;
+            for r in &results {
+                match r {
+                    Ok(res) if res.record.status == Status::Failure => {
+                        failed += 1;
+                        abandoned |= res.record.error_kind == Some(ErrorKind::Shutdown);
+                    }
+                    Ok(_) => {}
+                    Err(_) => abandoned = true,
+                }
             }
-            .instrument(span),
-        );
+            delivery.ack.resolve(if abandoned {
+                Outcome::Abandoned
+            } else {
+                Outcome::Completed { invocations, failed }
+            });
+            drop(span); // the route is done: every invocation is terminal and recorded
+        });
     }
 
     /// One matched trigger's part of a delivery: SKIPPED or `decode` FAILURE without an invocation,
@@ -483,7 +491,7 @@ impl Dispatcher {
         received_at: chrono::DateTime<Utc>,
         part: Part<'_>,
     ) -> Result<InvokeResult, DispatchError> {
-        let Part { skip, undecodable, cancel, object_client, turn } = part;
+        let Part { skip, undecodable, cancel, object_client, turn, span } = part;
         // Boxed, like every rarely taken path holding a large future (store lookups, S3 calls,
         // dead-letter publishes): inline, they would make every invocation's future as large as the
         // largest of them (12 KB), allocated and moved once per event.
@@ -503,7 +511,7 @@ impl Dispatcher {
                 } else {
                     event
                 };
-                self.run(function, RunSpec { turn, ..RunSpec::of(trigger) }, event, received_at, cancel).await
+                self.run(function, RunSpec { turn, ..RunSpec::of(trigger, span) }, event, received_at, cancel).await
             }
         }
     }
@@ -539,16 +547,19 @@ impl Dispatcher {
         let policy = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
         let span = tracing::debug_span!("invoke", function = %function, event_id = %event.id);
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
-        let handle = self.inner.tracker.spawn(
-            async move {
-                let spec =
-                    RunSpec { trigger: "invoke", policy: &policy, dead_letter: None, replay_of: None, turn: None };
-                let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
-                drop(permit);
-                r
-            }
-            .instrument(span),
-        );
+        let handle = self.inner.tracker.spawn(async move {
+            let spec = RunSpec {
+                trigger: "invoke",
+                policy: &policy,
+                dead_letter: None,
+                replay_of: None,
+                turn: None,
+                parent: &span,
+            };
+            let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
+            drop(permit);
+            r
+        });
         handle.await.map_err(|_| DispatchError::ShuttingDown)?
     }
 
@@ -587,25 +598,23 @@ impl Dispatcher {
         let original_id = original.id;
         let original_trigger = original.trigger.clone();
         let span = tracing::debug_span!("replay", record = %original_id, function = %entry.config.name);
-        let handle = self.inner.tracker.spawn(
-            async move {
-                let direct = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
-                let spec = match &trigger {
-                    Some(t) => RunSpec { replay_of: Some(original_id), ..RunSpec::of(t) },
-                    None => RunSpec {
-                        trigger: &original_trigger,
-                        policy: &direct,
-                        dead_letter: None,
-                        replay_of: Some(original_id),
-                        turn: None,
-                    },
-                };
-                let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
-                drop(permit);
-                r
-            }
-            .instrument(span),
-        );
+        let handle = self.inner.tracker.spawn(async move {
+            let direct = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
+            let spec = match &trigger {
+                Some(t) => RunSpec { replay_of: Some(original_id), ..RunSpec::of(t, &span) },
+                None => RunSpec {
+                    trigger: &original_trigger,
+                    policy: &direct,
+                    dead_letter: None,
+                    replay_of: Some(original_id),
+                    turn: None,
+                    parent: &span,
+                },
+            };
+            let r = this.run(&entry, spec, Arc::new(event), Utc::now(), &CancellationToken::new()).await;
+            drop(permit);
+            r
+        });
         handle.await.map_err(|_| DispatchError::ShuttingDown)?
     }
 
@@ -640,7 +649,7 @@ impl Dispatcher {
         received_at: chrono::DateTime<Utc>,
         cancel: &CancellationToken,
     ) -> Result<InvokeResult, DispatchError> {
-        let RunSpec { trigger, policy, dead_letter, replay_of, turn } = spec;
+        let RunSpec { trigger, policy, dead_letter, replay_of, turn, parent } = spec;
         let mut record = self.new_record(function, trigger, &event, received_at);
         record.replay_of = replay_of;
         // The PENDING row is written only for an invocation still running after `pending_after`
@@ -663,6 +672,7 @@ impl Dispatcher {
             deadline: None,
             traceparent: format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1),
             progress: Arc::clone(&progress),
+            parent_span: parent.clone(),
         };
         let svc = stack::with_retry(function.service.clone(), policy);
         let call = svc.oneshot(invocation);
@@ -717,8 +727,10 @@ impl Dispatcher {
                 Box::pin(self.send_dead_letter(sink, &event, &mut record)).await;
             }
         }
-        let span = tracing::debug_span!("record", otel.name = "record write", record_id = %record.id, status = record.status.as_str());
-        let record = self.inner.writer.write(record).instrument(span).await?;
+        let span = tracing::debug_span!(parent: parent, "record", otel.name = "record write", record_id = %record.id, status = record.status.as_str());
+        let written = self.inner.writer.write(record).await;
+        drop(span); // the record is durable (or could not be made so)
+        let record = written?;
         if record.status == Status::Success {
             self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
         }

@@ -146,6 +146,7 @@ mod tests {
             deadline: None,
             traceparent: String::new(),
             progress: Arc::new(Progress::default()),
+            parent_span: tracing::Span::none(),
         }
     }
 

@@ -1,11 +1,11 @@
-//! One tracing span per attempt, carrying function, trigger, event id and attempt number; the
-//! attempt is counted in the invocation's shared progress.
+//! One tracing span per attempt, carrying the function (`faas.invoked_name`), trigger, attempt number
+//! and record id (the event's id is on the receive span of the same trace); the attempt is counted in
+//! the invocation's shared progress.
 
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::runtime::{Invocation, InvokeError};
 
@@ -42,22 +42,23 @@ where
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
         inv.attempt = inv.progress.begin_attempt();
-        // OpenTelemetry FaaS conventions (a client span invoking a function).
+        // OpenTelemetry FaaS conventions (a client span invoking a function). A child of the
+        // delivery's span by name: neither is entered on each poll (with export on, every enter and
+        // exit is a span lookup and a clock read; the span's end is when the attempt is over).
         let span = tracing::debug_span!(
+            parent: &inv.parent_span,
             "attempt",
             otel.name = %format_args!("invoke {}", inv.function),
             otel.kind = "client",
             faas.invoked_name = &*inv.function,
             faas.invoked_provider = "other",
             faas.trigger = "pubsub",
-            function = &*inv.function,
             trigger = &*inv.trigger,
-            event_id = inv.event.id.as_str(),
             attempt = inv.attempt,
             record_id = %inv.record_id,
         );
         // When spans are exported, the function's traceparent names this attempt's span.
-        {
+        if !span.is_disabled() {
             use opentelemetry::trace::TraceContextExt as _;
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
             let cx = span.context();
@@ -66,19 +67,14 @@ where
                 inv.traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
             }
         }
-        let fut = {
-            let _enter = span.enter();
-            self.inner.call(inv)
-        };
-        Box::pin(
-            async move {
-                let result = fut.await;
-                if let Err(e) = &result {
-                    tracing::debug!(kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
-                }
-                result
+        let fut = self.inner.call(inv);
+        Box::pin(async move {
+            let result = fut.await;
+            if let Err(e) = &result {
+                tracing::debug!(parent: &span, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
             }
-            .instrument(span),
-        )
+            drop(span); // the attempt is over
+            result
+        })
     }
 }
