@@ -3,6 +3,10 @@
 //! with it on, driven alternately in one run. Spans go over OTLP/HTTP (batched) to a local sink that
 //! accepts them. Throughput is N events over first post -> last SUCCESS record.
 //!
+//! Beside throughput, it reads each `serve` process's CPU time (user + system, from `/proc`) over its
+//! rounds: CPU per event is steadier than events/s on a shared, noisy machine, and the difference
+//! between the two processes is what export costs the broker itself.
+//!
 //! Run: `cargo bench -p switchyard-broker --bench tracing` (env: `SWITCHYARD_BENCH_EVENTS`, default
 //! 20000; `SWITCHYARD_BENCH_CONCURRENCY`, default 32). Under `cargo test` it runs a small smoke load.
 
@@ -78,8 +82,22 @@ async fn serve(dir: &std::path::Path, name: &str, function: &str, telemetry: &st
     Serve { child, url, store }
 }
 
-/// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s.
-async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, concurrency: usize) -> f64 {
+/// CPU time (user + system) a process has used so far, in seconds; `None` where `/proc` is missing.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so split after its closing parenthesis):
+    // utime and stime are the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+    Some(ticks / 100.0)
+}
+
+/// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s and the `serve`
+/// process's CPU seconds over the round.
+async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, concurrency: usize) -> (f64, f64) {
+    let pid = s.child.id().expect("serve is running");
+    let cpu_before = cpu_seconds(pid).unwrap_or_default();
     let body = r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}], "total": 31.5}"#;
     let before = s.store.count(Some(Status::Success)).await.unwrap();
     let start = Instant::now();
@@ -99,7 +117,8 @@ async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, conc
     while ((s.store.count(Some(Status::Success)).await.unwrap() - before) as usize) < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, cpu_seconds(pid).unwrap_or_default() - cpu_before)
 }
 
 #[tokio::main]
@@ -124,9 +143,14 @@ async fn main() {
     round(&off, &client, 0, 200.min(n), concurrency).await; // warm-up
     round(&on, &client, 0, 200.min(n), concurrency).await;
     let (mut rates_off, mut rates_on) = (Vec::new(), Vec::new());
+    let (mut cpu_off, mut cpu_on) = (0.0, 0.0);
     for r in 0..3 {
-        rates_off.push(round(&off, &client, (r + 1) * n, n, concurrency).await);
-        rates_on.push(round(&on, &client, (r + 1) * n, n, concurrency).await);
+        let (rate, cpu) = round(&off, &client, (r + 1) * n, n, concurrency).await;
+        rates_off.push(rate);
+        cpu_off += cpu;
+        let (rate, cpu) = round(&on, &client, (r + 1) * n, n, concurrency).await;
+        rates_on.push(rate);
+        cpu_on += cpu;
     }
     for s in [&off, &on] {
         assert_eq!(s.store.count(Some(Status::Failure)).await.unwrap(), 0, "no invocation may fail in the bench");
@@ -147,6 +171,14 @@ async fn main() {
     println!("|---|---|---|");
     println!("| POST /events -> SUCCESS record, export off (baseline) | {off_m:.0} | 1.00 |");
     println!("| same, spans exported over OTLP/HTTP | {on_m:.0} | {:.2} |", on_m / off_m);
+    // CPU microseconds per event of each `serve` process, over its 3 rounds.
+    let per_event = |cpu: f64| cpu * 1e6 / (3 * n) as f64;
+    println!(
+        "| CPU of the `serve` process per event (export off / on) | {:.0} us / {:.0} us | {:.2} |",
+        per_event(cpu_off),
+        per_event(cpu_on),
+        cpu_on / cpu_off
+    );
     println!(
         "\n(rounds off: {rates_off:.0?}; on: {rates_on:.0?}; {} bytes of spans exported so far)",
         exported.load(Ordering::Relaxed)
