@@ -255,9 +255,11 @@ impl AmqpSource {
             return false;
         }
         let dead_letter_exchange = self.dead_letter_exchange;
+        // A `trace` span, like the Kafka source's: the OpenTelemetry layer exports spans down to
+        // `debug`, and a span per ack (outside the message's trace) is not worth exporting.
         acks.spawn(
             settle(acker, outcome, invalid, dead_letter_exchange)
-                .instrument(tracing::debug_span!("amqp_ack", source = %ctx.name, delivery_tag)),
+                .instrument(tracing::trace_span!("amqp_ack", source = %ctx.name, delivery_tag)),
         );
         true
     }

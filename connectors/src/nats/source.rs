@@ -218,7 +218,9 @@ impl NatsSource {
                     return Err(SourceError::DispatcherClosed { source_name: self.config.name.clone() });
                 }
                 let keepalive = (js_config.ack_wait / 3).max(Duration::from_millis(300));
-                let span = tracing::debug_span!("jetstream_ack", subject = %msg.subject);
+                // `trace`, not `debug`: spans down to `debug` are exported, and a span per ack
+                // (outside the message's trace) is not worth exporting.
+                let span = tracing::trace_span!("jetstream_ack", subject = %msg.subject);
                 tracker.spawn(
                     async move {
                         let outcome = {

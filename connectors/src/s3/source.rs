@@ -198,7 +198,9 @@ async fn run_http(mut rx: mpsc::Receiver<HttpRequest>, input: Arc<HttpInput>, sh
                 };
                 let _ = req.reply.send(reply);
             }
-            .instrument(tracing::debug_span!("s3_http")),
+            // `trace`: spans down to `debug` are exported, and one per request outside the
+            // message's trace is not worth exporting.
+            .instrument(tracing::trace_span!("s3_http")),
         );
     }
     // Refuse what is queued (503: the sender retries), finish what runs.
@@ -383,7 +385,8 @@ impl S3Source {
                     shared: Arc::clone(&shared),
                     deletes: delete_tx.clone(),
                 };
-                let span = tracing::debug_span!("sqs_message", message_id = msg.message_id.as_deref().unwrap_or(""));
+                // `trace`, like the other sources' per-message spans: not exported.
+                let span = tracing::trace_span!("sqs_message", message_id = msg.message_id.as_deref().unwrap_or(""));
                 tracker.spawn(
                     async move {
                         job.run(msg).await;
