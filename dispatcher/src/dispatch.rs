@@ -419,9 +419,10 @@ impl Dispatcher {
             let cancel = delivery.cancel.clone().unwrap_or_default();
             let withdraw = delivery.withdraw.clone().unwrap_or_default();
             let object_client = delivery.object_client.clone();
+            // Borrowed by every run: `join_all` finishes them before the span is dropped below.
+            let route = &span;
             let runs = matched.into_iter().zip(permits).zip(turns).map(|(((trigger, function), permit), turn)| {
                 let this = this.clone();
-                let span = span.clone();
                 let event = Arc::clone(&event);
                 let skip = skip.clone();
                 let undecodable = undecodable.clone();
@@ -450,7 +451,7 @@ impl Dispatcher {
                         cancel: &cancel,
                         object_client: object_client.as_ref(),
                         turn,
-                        span: &span,
+                        span: route,
                     };
                     let r = this.deliver_one(&trigger, &function, event, received_at, part).await;
                     drop(permit);

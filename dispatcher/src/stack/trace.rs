@@ -42,9 +42,9 @@ where
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
         inv.attempt = inv.progress.begin_attempt();
-        // OpenTelemetry FaaS conventions (a client span invoking a function). A child of the
-        // delivery's span by name: neither is entered on each poll (with export on, every enter and
-        // exit is a span lookup and a clock read; the span's end is when the attempt is over).
+        // OpenTelemetry FaaS conventions (a client span invoking a function). Its parent (the
+        // delivery's span) is given explicitly, and neither span is entered on each poll: with export
+        // on, every enter and exit is a span lookup and a clock read. It ends when the attempt does.
         let span = tracing::debug_span!(
             parent: &inv.parent_span,
             "attempt",
