@@ -1,7 +1,8 @@
 //! Traces from message to function, with an in-memory span exporter: a message carrying a W3C
 //! `traceparent` (HTTP header, NATS header) produces receive -> route -> invoke attempt(s) and record
 //! write spans in that trace; the HTTP function gets a `traceparent` naming its attempt's span; the
-//! record stores the same trace id. One test per binary: it installs the global subscriber.
+//! record stores the same trace id, also when the message carried none (the trace starts at receive).
+//! One test per binary: it installs the global subscriber.
 
 mod common;
 
@@ -85,7 +86,33 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
     got.sort();
     assert_eq!(got, expected);
 
-    // 2. NATS: the traceparent message header.
+    // 2. No traceparent: the receive span starts a trace, and the record stores that trace's id.
+    let resp = b
+        .http
+        .post(b.url("/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "untraced-1")
+        .header("ce-source", "/tests")
+        .header("ce-type", "t")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let records = b.wait_terminal(RecordQuery::default(), 2).await;
+    let record = records.iter().find(|r| r.event_id == "untraced-1").expect("a record for the untraced event");
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let receive = spans
+        .iter()
+        .find(|s| s.name == "http receive" && attr(s, "messaging.message.id").as_deref() == Some("untraced-1"))
+        .expect("a receive span for the untraced event");
+    let fresh = receive.span_context.trace_id();
+    assert_eq!(receive.parent_span_id, SpanId::INVALID, "the receive span is a root");
+    assert_eq!(record.trace_id.as_deref(), Some(fresh.to_string().as_str()), "the record names the new trace");
+    assert_eq!(named(&spans, fresh, "record write").len(), 1, "the record write is in that trace");
+
+    // 3. NATS: the traceparent message header.
     let trace2 = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
     let nats = async_nats::connect("nats://127.0.0.1:4222").await.expect("NATS runs on 127.0.0.1:4222");
     let mut headers = async_nats::HeaderMap::new();

@@ -502,9 +502,11 @@ impl Dispatcher {
             _ => None,
         };
         match (undecodable, skip) {
-            (Some(error), _) => Box::pin(self.not_invoked(function, trigger, event, received_at, error, true)).await,
+            (Some(error), _) => {
+                Box::pin(self.not_invoked(function, trigger, event, received_at, span, error, true)).await
+            }
             (None, Some(reason)) => {
-                Box::pin(self.not_invoked(function, trigger, event, received_at, reason, false)).await
+                Box::pin(self.not_invoked(function, trigger, event, received_at, span, reason, false)).await
             }
             (None, None) => {
                 let event = if trigger.object.is_some() {
@@ -651,7 +653,7 @@ impl Dispatcher {
         cancel: &CancellationToken,
     ) -> Result<InvokeResult, DispatchError> {
         let RunSpec { trigger, policy, dead_letter, replay_of, turn, parent } = spec;
-        let mut record = self.new_record(function, trigger, &event, received_at);
+        let mut record = self.new_record(function, trigger, &event, received_at, parent);
         record.replay_of = replay_of;
         // The PENDING row is written only for an invocation still running after `pending_after`
         // (at once when that is zero): a quick invocation costs one row, its terminal one.
@@ -793,6 +795,7 @@ impl Dispatcher {
         trigger: &str,
         event: &CloudEvent,
         received_at: chrono::DateTime<Utc>,
+        span: &tracing::Span,
     ) -> EventRecord {
         let json = event.to_json_vec();
         let request = Captured::new(&json, self.inner.records.capture_bytes);
@@ -820,7 +823,7 @@ impl Dispatcher {
             error_kind: None,
             error_message: None,
             dead_lettered: false,
-            trace_id: Some(trace_id_of(event)),
+            trace_id: Some(trace_id_of(event, span)),
             logs: None,
             cold_start: false,
             init_ms: None,
@@ -838,10 +841,11 @@ impl Dispatcher {
         trigger: &TriggerConfig,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
+        span: &tracing::Span,
         reason: String,
         undecodable: bool,
     ) -> Result<InvokeResult, DispatchError> {
-        let mut record = self.new_record(function, &trigger.name, &event, received_at);
+        let mut record = self.new_record(function, &trigger.name, &event, received_at, span);
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
         record.error_message = Some(reason.clone());
@@ -1109,9 +1113,10 @@ fn non_empty(text: &str, cap: usize) -> Option<String> {
     Some(if c.truncated { c.body + "\n[logs cut]" } else { c.body })
 }
 
-/// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), or a
-/// new random one.
-fn trace_id_of(event: &CloudEvent) -> String {
+/// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), else
+/// the trace `span` (the delivery's route span) belongs to when spans are exported, else a new random
+/// one.
+fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
     if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
         let parts: Vec<&str> = tp.split('-').collect();
         if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1121,12 +1126,14 @@ fn trace_id_of(event: &CloudEvent) -> String {
             }
         }
     }
-    // No traceparent: the trace the current span belongs to (when spans are exported), so the record
-    // and the exported spans share one id; else a new random id.
-    let current = {
+    // No traceparent: the route span's trace, so the record and the exported spans share one id. The
+    // span is passed, not taken from `Span::current()`: the delivery task does not enter it.
+    let current = if span.is_disabled() {
+        opentelemetry::trace::TraceId::INVALID
+    } else {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        tracing::Span::current().context().span().span_context().trace_id()
+        span.context().span().span_context().trace_id()
     };
     if current != opentelemetry::trace::TraceId::INVALID {
         return current.to_string();
@@ -1145,8 +1152,8 @@ mod tests {
             "traceparent".to_owned(),
             ExtensionValue::String("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned()),
         );
-        assert_eq!(trace_id_of(&e), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let fresh = trace_id_of(&CloudEvent::new("1", "/s", "t"));
+        assert_eq!(trace_id_of(&e, &tracing::Span::none()), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let fresh = trace_id_of(&CloudEvent::new("1", "/s", "t"), &tracing::Span::none());
         assert_eq!(fresh.len(), 32);
     }
 }
