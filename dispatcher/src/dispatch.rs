@@ -503,10 +503,11 @@ impl Dispatcher {
         };
         match (undecodable, skip) {
             (Some(error), _) => {
-                Box::pin(self.not_invoked(function, trigger, event, received_at, span, error, true)).await
+                Box::pin(self.not_invoked(function, trigger, event, received_at, span, NotRun::Undecodable(error)))
+                    .await
             }
             (None, Some(reason)) => {
-                Box::pin(self.not_invoked(function, trigger, event, received_at, span, reason, false)).await
+                Box::pin(self.not_invoked(function, trigger, event, received_at, span, NotRun::Skipped(reason))).await
             }
             (None, None) => {
                 let event = if trigger.object.is_some() {
@@ -832,7 +833,7 @@ impl Dispatcher {
         }
     }
 
-    /// An invocation that does not run, with one terminal record durable before returning: SKIPPED
+    /// An invocation that does not run (see [`NotRun`]), with one terminal record durable before returning: SKIPPED
     /// (deliberately skipped), or, for a message that could not be decoded, FAILURE dead-lettered
     /// with error kind `decode`.
     async fn not_invoked(
@@ -842,9 +843,12 @@ impl Dispatcher {
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
         span: &tracing::Span,
-        reason: String,
-        undecodable: bool,
+        why: NotRun,
     ) -> Result<InvokeResult, DispatchError> {
+        let (reason, undecodable) = match why {
+            NotRun::Undecodable(error) => (error, true),
+            NotRun::Skipped(reason) => (reason, false),
+        };
         let mut record = self.new_record(function, &trigger.name, &event, received_at, span);
         record.finished_at = Some(received_at);
         record.duration_ms = Some(0);
@@ -1111,6 +1115,14 @@ fn non_empty(text: &str, cap: usize) -> Option<String> {
     }
     let c = Captured::new(text.as_bytes(), cap);
     Some(if c.truncated { c.body + "\n[logs cut]" } else { c.body })
+}
+
+/// Why a matched trigger's invocation does not run.
+enum NotRun {
+    /// The message could not be decoded: the error.
+    Undecodable(String),
+    /// Deliberately skipped (a duplicate, or the source said so): the reason.
+    Skipped(String),
 }
 
 /// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), else
