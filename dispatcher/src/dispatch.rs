@@ -833,9 +833,9 @@ impl Dispatcher {
         }
     }
 
-    /// An invocation that does not run (see [`NotRun`]), with one terminal record durable before returning: SKIPPED
-    /// (deliberately skipped), or, for a message that could not be decoded, FAILURE dead-lettered
-    /// with error kind `decode`.
+    /// An invocation that does not run ([`NotRun`]), with one terminal record durable before
+    /// returning: SKIPPED (deliberately skipped), or, for a message that could not be decoded,
+    /// FAILURE dead-lettered with error kind `decode`.
     async fn not_invoked(
         &self,
         function: &FunctionEntry,
