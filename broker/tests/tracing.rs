@@ -87,17 +87,7 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
     assert_eq!(got, expected);
 
     // 2. No traceparent: the receive span starts a trace, and the record stores that trace's id.
-    let resp = b
-        .http
-        .post(b.url("/events"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "untraced-1")
-        .header("ce-source", "/tests")
-        .header("ce-type", "t")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = b.post_event("untraced-1", "t", "{}").await;
     assert_eq!(resp.status(), 202);
     let records = b.wait_terminal(RecordQuery::default(), 2).await;
     let record = records.iter().find(|r| r.event_id == "untraced-1").expect("a record for the untraced event");
