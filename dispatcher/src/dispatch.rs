@@ -1126,8 +1126,8 @@ enum NotRun {
 }
 
 /// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), else
-/// the trace `span` (the delivery's route span) belongs to when spans are exported, else a new random
-/// one.
+/// the trace of `span` (the span the invocation runs under: a delivery's route span, or the `invoke`
+/// or `replay` span) when spans are exported, else a new random one.
 fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
     if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
         let parts: Vec<&str> = tp.split('-').collect();
@@ -1138,8 +1138,8 @@ fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
             }
         }
     }
-    // No traceparent: the route span's trace, so the record and the exported spans share one id. The
-    // span is passed, not taken from `Span::current()`: the delivery task does not enter it.
+    // No traceparent: that span's trace, so the record and the exported spans share one id. The span
+    // is passed, not taken from `Span::current()`: the tasks that run invocations do not enter it.
     let current = if span.is_disabled() {
         opentelemetry::trace::TraceId::INVALID
     } else {

@@ -37,8 +37,8 @@ pub struct Invocation {
     pub traceparent: String,
     /// Shared across attempts: how many were made and when the first started.
     pub progress: Arc<Progress>,
-    /// The span each attempt's span is a child of (the delivery's route span; disabled when spans
-    /// are not exported). Attempt spans name it as their parent instead of it being entered on every
+    /// The span each attempt's span is a child of (a delivery's route span, or the `invoke` or
+    /// `replay` span; disabled when spans are not exported). Attempt spans name it as their parent instead of it being entered on every
     /// poll of the invocation: each enter and exit costs a lookup and a clock read.
     pub parent_span: tracing::Span,
 }
