@@ -1,16 +1,20 @@
 //! Logs and traces: the `tracing` subscriber (text or JSON logs on stderr, filtered by `RUST_LOG`) and,
-//! when an OTLP endpoint is configured, an OpenTelemetry layer exporting spans over OTLP/HTTP.
+//! when an OTLP endpoint is configured, the span export layer ([`switchyard_dispatcher::spans`]) feeding
+//! the OpenTelemetry SDK's batch span processor and the OTLP/HTTP exporter.
 //!
-//! The two layers filter separately: logs default to `info`, while the OpenTelemetry layer takes
-//! Switchyard's own spans down to `debug` (receive, delivery, attempt, record). With export off there
-//! is no OpenTelemetry layer at all, and those `debug` spans are disabled: no cost.
+//! The two layers filter separately: logs default to `info`, while the export layer takes Switchyard's
+//! own spans down to `debug` (receive, delivery, attempt, record). With export off there is no export
+//! layer at all, and those `debug` spans are disabled: no cost.
+
+use std::sync::Arc;
 
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SpanProcessor};
 use opentelemetry_sdk::Resource;
+use switchyard_dispatcher::spans::ExportLayer;
 use switchyard_schemas::config::TelemetryConfig;
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
@@ -30,23 +34,33 @@ pub enum LogFormat {
 /// The running exporter; flushes on [`Telemetry::shutdown`].
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    processor: Option<Arc<dyn SpanProcessor>>,
 }
 
 impl Telemetry {
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.processor.is_some()
     }
 
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
+        if let Some(p) = self.processor {
             if let Err(e) = p.shutdown() {
                 eprintln!("switchyard: trace export did not flush: {e}");
             }
         }
     }
+}
+
+/// Where finished spans go, and how new traces are sampled.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// Takes each finished span (the batch processor over the OTLP exporter in `serve`).
+    pub processor: Arc<dyn SpanProcessor>,
+    /// Decides for each trace that starts here (parent-based: a message's own `traceparent` decides
+    /// for its trace).
+    pub sampler: Sampler,
 }
 
 /// The OTLP endpoint in effect: the config's, else the standard variables'; `None` when export is off.
@@ -62,11 +76,12 @@ pub fn endpoint(config: &TelemetryConfig) -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
-/// A tracer provider exporting to `config`'s endpoint over OTLP/HTTP in batches.
+/// Span export to `config`'s endpoint over OTLP/HTTP in batches (the SDK's batch processor, which
+/// reads the standard `OTEL_BSP_*` variables); `None` when export is off.
 ///
 /// # Errors
 /// When the exporter cannot be built (a bad endpoint URL).
-pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, String> {
+pub fn export(config: &TelemetryConfig) -> Result<Option<Export>, String> {
     if endpoint(config).is_none() {
         return Ok(None);
     }
@@ -83,37 +98,27 @@ pub fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, S
         .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
         .unwrap_or_else(|| "switchyard".to_owned());
     let ratio = config.sample_ratio.unwrap_or(1.0);
-    Ok(Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
-            .with_resource(Resource::builder().with_service_name(service).build())
-            .build(),
-    ))
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    processor.set_resource(&Resource::builder().with_service_name(service).build());
+    Ok(Some(Export {
+        processor: Arc::new(processor),
+        sampler: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+    }))
 }
 
-/// The OpenTelemetry layer over `provider`: Switchyard's spans down to `debug`, nothing else.
-pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+/// The span export layer over `export`: Switchyard's spans down to `debug`, nothing else (see
+/// [`switchyard_dispatcher::spans`] for what it makes of each span).
+pub fn otel_layer<S>(export: &Export) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    // The level hint keeps `trace` callsites (and `log` records at trace level) off the dynamic path:
+    // without it the process-wide level would be `trace` as soon as export is on.
     let own_spans = tracing_subscriber::filter::filter_fn(|meta| {
         meta.is_span() && meta.target().starts_with("switchyard") && *meta.level() <= tracing::Level::DEBUG
-    });
-    // The attributes each span carries are the ones named where it is opened. The layer's extras
-    // (source file and line, thread, target, busy and idle time) are off: they cost a clock read on
-    // every poll of an instrumented future and several attributes per span, and answer nothing about
-    // a message. Entering a span does not make its context OpenTelemetry's current one either: trace
-    // ids are read from the spans themselves (`OpenTelemetrySpanExt::context`), never from
-    // `Context::current`, so that work on every poll would be wasted.
-    tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("switchyard"))
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(false)
-        .with_filter(own_spans)
+    })
+    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG);
+    ExportLayer::new(Arc::clone(&export.processor), export.sampler.clone()).with_filter(own_spans)
 }
 
 /// Installs the global subscriber: logs in `format` filtered by `RUST_LOG` (default `info`), plus span
@@ -128,17 +133,17 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
         LogFormat::Pretty => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let provider = match telemetry {
-        Some(t) => provider(t)?,
+    let export = match telemetry {
+        Some(t) => export(t)?,
         None => None,
     };
-    let otel = provider.as_ref().map(otel_layer);
+    let otel = export.as_ref().map(otel_layer);
     tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
     log_panics();
     if let Some(e) = telemetry.and_then(endpoint) {
         tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry { processor: export.map(|e| e.processor) })
 }
 
 /// Panics also go to the log (as ERROR, JSON when the log is JSON), not only to stderr's default
@@ -192,7 +197,6 @@ impl opentelemetry::propagation::Extractor for TraceHeaders<'_> {
 /// the trace its `traceparent` extension names.
 pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> tracing::Span {
     use switchyard_schemas::ExtensionValue;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::debug_span!(
         target: "switchyard::receive",
         "receive",
@@ -211,7 +215,10 @@ pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schem
             Some(ExtensionValue::String(s)) => Some(s.as_str()),
             _ => None,
         };
-        let _ = span.set_parent(remote_parent(tp, state));
+        if !span.is_disabled() {
+            let parent = remote_parent(tp, state);
+            switchyard_dispatcher::spans::set_remote_parent(&span, parent.span().span_context());
+        }
     }
     span
 }

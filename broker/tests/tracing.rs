@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{broker, function_server};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor, SpanData};
 use switchyard_dispatcher::records::RecordQuery;
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -25,8 +25,12 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_continues_from_message_to_function_and_record() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let subscriber = tracing_subscriber::registry().with(switchyard_broker::telemetry::otel_layer(&provider));
+    let export = switchyard_broker::telemetry::Export {
+        processor: std::sync::Arc::new(SimpleSpanProcessor::new(exporter.clone())),
+        sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+    };
+    let provider = std::sync::Arc::clone(&export.processor);
+    let subscriber = tracing_subscriber::registry().with(switchyard_broker::telemetry::otel_layer(&export));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let fs = function_server().await;
@@ -127,4 +131,5 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
     assert_eq!(attr(receive[0], "messaging.system").as_deref(), Some("nats"));
     assert_eq!(receive[0].span_kind, SpanKind::Consumer);
     assert!(!named(&spans, trace2, "invoke f").is_empty());
+
 }

@@ -1140,15 +1140,8 @@ fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
     }
     // No traceparent: that span's trace, so the record and the exported spans share one id. The span
     // is passed, not taken from `Span::current()`: the tasks that run invocations do not enter it.
-    let current = if span.is_disabled() {
-        opentelemetry::trace::TraceId::INVALID
-    } else {
-        use opentelemetry::trace::TraceContextExt as _;
-        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        span.context().span().span_context().trace_id()
-    };
-    if current != opentelemetry::trace::TraceId::INVALID {
-        return current.to_string();
+    if let Some(cx) = crate::spans::context_of(span) {
+        return cx.trace_id().to_string();
     }
     format!("{:032x}", rand::random::<u128>() | 1)
 }

@@ -10,6 +10,7 @@ mod object;
 pub mod records;
 pub mod router;
 pub mod runtime;
+pub mod spans;
 pub mod stack;
 
 pub use dispatch::{

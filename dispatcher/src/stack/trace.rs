@@ -58,14 +58,8 @@ where
             record_id = %inv.record_id,
         );
         // When spans are exported, the function's traceparent names this attempt's span.
-        if !span.is_disabled() {
-            use opentelemetry::trace::TraceContextExt as _;
-            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-            let cx = span.context();
-            let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
-                inv.traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
-            }
+        if let Some(sc) = crate::spans::context_of(&span) {
+            inv.traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
         }
         let fut = self.inner.call(inv);
         Box::pin(async move {
