@@ -197,8 +197,11 @@ impl opentelemetry::propagation::Extractor for TraceHeaders<'_> {
 /// the trace its `traceparent` extension names.
 pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> tracing::Span {
     use switchyard_schemas::ExtensionValue;
+    // A root, whatever span the caller runs in (a source's forwarding task has a span for its whole
+    // life): every message starts its own trace unless its `traceparent` names one.
     let span = tracing::debug_span!(
         target: "switchyard::receive",
+        parent: None,
         "receive",
         otel.name = %format_args!("{source} receive"),
         otel.kind = if system == "http" { "server" } else { "consumer" },

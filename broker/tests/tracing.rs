@@ -132,4 +132,33 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
     assert_eq!(receive[0].span_kind, SpanKind::Consumer);
     assert!(!named(&spans, trace2, "invoke f").is_empty());
 
+    // 4. Untraced NATS messages: each starts its own trace at its receive span (the source's long-lived
+    // task span is not their parent).
+    for tag in ["plain-a", "plain-b"] {
+        nats.publish(subject.clone(), format!("{{\"tag\": \"{tag}\"}}").into()).await.unwrap();
+    }
+    nats.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let plain = loop {
+        let got =
+            b.running.dispatcher.store().list(&RecordQuery { limit: 100, ..RecordQuery::default() }).await.unwrap();
+        let plain: Vec<_> =
+            got.into_iter().filter(|r| r.status.is_terminal() && r.request.body.contains("plain-")).collect();
+        if plain.len() == 2 {
+            break plain;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no records for the untraced NATS messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let ids: Vec<&str> = plain.iter().map(|r| r.trace_id.as_deref().unwrap()).collect();
+    assert_ne!(ids[0], ids[1], "two untraced messages are two traces");
+    for id in ids {
+        let trace = TraceId::from_hex(id).unwrap();
+        let receive = named(&spans, trace, "bus receive");
+        assert_eq!(receive.len(), 1, "the record's trace has the message's receive span");
+        assert_eq!(receive[0].parent_span_id, SpanId::INVALID, "the receive span is a root");
+        assert_eq!(named(&spans, trace, "record write").len(), 1);
+    }
 }
