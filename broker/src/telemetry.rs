@@ -128,22 +128,35 @@ where
 /// When the exporter cannot be built.
 pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match format {
-        LogFormat::Pretty => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
-    };
     let export = match telemetry {
         Some(t) => export(t)?,
         None => None,
     };
-    let otel = export.as_ref().map(otel_layer);
-    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    subscriber(format, filter, export.as_ref(), std::io::stderr).init();
     log_panics();
     if let Some(e) = telemetry.and_then(endpoint) {
         tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry { processor: export.map(|e| e.processor) })
+}
+
+/// The subscriber [`init`] installs: logs to `writer` in `format` filtered by `filter`, plus the span
+/// export layer when `export` is given.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    export: Option<&Export>,
+    writer: W,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
+        LogFormat::Pretty => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(export.map(otel_layer))
 }
 
 /// Panics also go to the log (as ERROR, JSON when the log is JSON), not only to stderr's default
@@ -230,6 +243,41 @@ pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schem
 mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{TraceContextExt as _, TraceId};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor};
+    use switchyard_dispatcher::spans::context_of;
+
+    #[test]
+    fn spans_of_the_installed_subscriber_have_trace_contexts() {
+        // The same subscriber `init` installs, with logs at `info`: the export layer sees the `debug`
+        // spans, and their contexts (record trace ids, the function's traceparent) can be read.
+        let exporter = InMemorySpanExporter::default();
+        let export = super::Export {
+            processor: Arc::new(SimpleSpanProcessor::new(exporter.clone())),
+            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        };
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = super::subscriber(super::LogFormat::Json, filter, Some(&export), std::io::sink);
+        let event: switchyard_schemas::CloudEvent = serde_json::from_value(serde_json::json!({
+            "specversion": "1.0", "id": "e-1", "source": "/t", "type": "t",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        }))
+        .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let receive = super::receive_span("nats", "bus", &event);
+            let cx = context_of(&receive).expect("the receive span is exported");
+            assert_eq!(cx.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+            let route = receive.in_scope(|| tracing::debug_span!(target: "switchyard::test", "route"));
+            assert_eq!(context_of(&route).map(|c| c.trace_id()), Some(cx.trace_id()), "a child is in the trace");
+            let log_only = tracing::info_span!(target: "other", "not exported");
+            assert!(context_of(&log_only).is_none());
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 2, "receive and route are exported");
+        let remote = super::remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
+        assert!(remote.span().span_context().is_remote());
+    }
 
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
