@@ -211,16 +211,21 @@ impl Visit for Fields<'_> {
     }
 }
 
-/// The OpenTelemetry context of `span` (its trace id, its own span id and the sampled flag) when it is
-/// exported; `None` when export is off or the span is not one of the exported ones.
-pub fn context_of(span: &tracing::Span) -> Option<SpanContext> {
+/// Runs `f` on the layer's record of `span`; `None` when export is off or the span is not exported.
+fn with_open<R>(span: &tracing::Span, f: impl FnOnce(&mut Open) -> R) -> Option<R> {
     span.with_subscriber(|(id, dispatch)| {
         let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
         let data = registry.span(id)?;
-        let ext = data.extensions();
-        ext.get::<Open>().map(|o| o.context.clone())
+        let mut ext = data.extensions_mut();
+        ext.get_mut::<Open>().map(f)
     })
     .flatten()
+}
+
+/// The OpenTelemetry context of `span` (its trace id, its own span id and the sampled flag) when it is
+/// exported; `None` when export is off or the span is not one of the exported ones.
+pub fn context_of(span: &tracing::Span) -> Option<SpanContext> {
+    with_open(span, |open| open.context.clone())
 }
 
 /// Makes `parent` (a context carried by a message, remote to this process) the parent of `span`, which
@@ -229,21 +234,16 @@ pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
     if !parent.is_valid() {
         return;
     }
-    span.with_subscriber(|(id, dispatch)| {
-        let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>() else { return };
-        let Some(data) = registry.span(id) else { return };
-        let mut ext = data.extensions_mut();
-        if let Some(open) = ext.get_mut::<Open>() {
-            open.context = SpanContext::new(
-                parent.trace_id(),
-                open.context.span_id(),
-                parent.trace_flags(),
-                false,
-                parent.trace_state().clone(),
-            );
-            open.parent = parent.span_id();
-            open.parent_is_remote = true;
-        }
+    with_open(span, |open| {
+        open.context = SpanContext::new(
+            parent.trace_id(),
+            open.context.span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        );
+        open.parent = parent.span_id();
+        open.parent_is_remote = true;
     });
 }
 
