@@ -93,7 +93,7 @@ where
             start: SystemTime::now(),
             attributes: Vec::with_capacity(attrs.fields().len()),
         };
-        attrs.record(&mut Fields(&mut open));
+        attrs.record(&mut Fields { open: &mut open, recorded: false });
         let parent = span.parent().and_then(|p| p.extensions().get::<Open>().map(|o| o.context.clone()));
         let (trace_id, flags, state) = match parent {
             Some(p) => {
@@ -113,7 +113,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
         if let Some(open) = ext.get_mut::<Open>() {
-            values.record(&mut Fields(open));
+            values.record(&mut Fields { open, recorded: true });
         }
     }
 
@@ -141,15 +141,23 @@ where
     }
 }
 
-/// Records a span's fields into its [`Open`] record.
-struct Fields<'a>(&'a mut Open);
+/// Records a span's fields into its [`Open`] record: those named where the span is opened (each
+/// once), or values recorded later (`recorded`), which replace an earlier value of the same field.
+struct Fields<'a> {
+    open: &'a mut Open,
+    recorded: bool,
+}
 
 impl Fields<'_> {
     fn text(&mut self, field: &Field, value: Cow<'_, str>) {
-        match field.name() {
-            "otel.name" => self.0.name = Cow::Owned(value.into_owned()),
+        let name = field.name();
+        if !name.starts_with("otel.") {
+            return self.attribute(name, Value::from(value.into_owned()));
+        }
+        match name {
+            "otel.name" => self.open.name = Cow::Owned(value.into_owned()),
             "otel.kind" => {
-                self.0.kind = match value.as_ref() {
+                self.open.kind = match value.as_ref() {
                     "server" => SpanKind::Server,
                     "client" => SpanKind::Client,
                     "producer" => SpanKind::Producer,
@@ -158,15 +166,15 @@ impl Fields<'_> {
                 }
             }
             "otel.status_code" => {
-                self.0.status = match value.as_ref() {
+                self.open.status = match value.as_ref() {
                     "ok" | "OK" | "Ok" => Status::Ok,
                     "error" | "ERROR" | "Error" => Status::error(""),
                     _ => Status::Unset,
                 }
             }
             "otel.status_message" => {
-                if matches!(self.0.status, Status::Error { .. }) {
-                    self.0.status = Status::error(value.into_owned());
+                if matches!(self.open.status, Status::Error { .. }) {
+                    self.open.status = Status::error(value.into_owned());
                 }
             }
             name => self.attribute(name, Value::from(value.into_owned())),
@@ -175,9 +183,10 @@ impl Fields<'_> {
 
     fn attribute(&mut self, name: &'static str, value: Value) {
         let key = Key::from_static_str(name);
-        match self.0.attributes.iter_mut().find(|kv| kv.key == key) {
+        let earlier = if self.recorded { self.open.attributes.iter_mut().find(|kv| kv.key == key) } else { None };
+        match earlier {
             Some(kv) => kv.value = value,
-            None => self.0.attributes.push(KeyValue::new(key, value)),
+            None => self.open.attributes.push(KeyValue::new(key, value)),
         }
     }
 }
@@ -228,6 +237,26 @@ pub fn context_of(span: &tracing::Span) -> Option<SpanContext> {
     with_open(span, |open| open.context.clone())
 }
 
+/// The W3C `traceparent` header that names `cx` (`00-<trace id>-<span id>-<flags>`), written
+/// without `fmt`: it is built for every attempt when spans are exported.
+pub fn traceparent(cx: &SpanContext) -> String {
+    fn hex(out: &mut String, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    hex(&mut out, &cx.trace_id().to_bytes());
+    out.push('-');
+    hex(&mut out, &cx.span_id().to_bytes());
+    out.push('-');
+    hex(&mut out, &[cx.trace_flags().to_u8()]);
+    out
+}
+
 /// Makes `parent` (a context carried by a message, remote to this process) the parent of `span`, which
 /// must have no children yet: the span joins that trace and follows its sampling decision.
 pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
@@ -253,7 +282,7 @@ mod tests {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor, SpanData};
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    use super::{context_of, set_remote_parent, ExportLayer};
+    use super::{context_of, set_remote_parent, traceparent, ExportLayer};
 
     /// Runs `f` under a subscriber exporting through `sampler` into memory; returns the spans.
     fn exported(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanData> {
@@ -356,6 +385,16 @@ mod tests {
         assert!(spans.is_empty());
         let cx = cx.unwrap();
         assert!(cx.is_valid() && !cx.is_sampled());
+    }
+
+    #[test]
+    fn traceparent_names_the_context() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let sampled = SpanContext::new(trace, span, TraceFlags::SAMPLED, false, TraceState::NONE);
+        assert_eq!(traceparent(&sampled), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let not = SpanContext::new(trace, span, TraceFlags::default(), false, TraceState::NONE);
+        assert_eq!(traceparent(&not), format!("00-{}-{}-00", not.trace_id(), not.span_id()));
     }
 
     #[test]

@@ -59,7 +59,7 @@ where
         );
         // When spans are exported, the function's traceparent names this attempt's span.
         if let Some(sc) = crate::spans::context_of(&span) {
-            inv.traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+            inv.traceparent = crate::spans::traceparent(&sc);
         }
         let fut = self.inner.call(inv);
         Box::pin(async move {
