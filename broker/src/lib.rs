@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod cron_ops;
+pub mod otlp;
 pub mod registry;
 pub mod sources;
 pub mod telemetry;

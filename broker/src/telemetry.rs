@@ -1,16 +1,16 @@
 //! Logs and traces: the `tracing` subscriber (text or JSON logs on stderr, filtered by `RUST_LOG`) and,
 //! when an OTLP endpoint is configured, the span export layer ([`switchyard_dispatcher::spans`]) feeding
-//! the OpenTelemetry SDK's batch span processor and the OTLP/HTTP exporter.
+//! the OpenTelemetry SDK's batch span processor and Switchyard's OTLP/HTTP exporter ([`crate::otlp`]).
 //!
 //! The two layers filter separately: logs default to `info`, while the export layer takes Switchyard's
 //! own spans down to `debug` (receive, delivery, attempt, record). With export off there is no export
 //! layer at all, and those `debug` spans are disabled: no cost.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SpanProcessor};
 use opentelemetry_sdk::Resource;
@@ -21,6 +21,8 @@ use tracing_subscriber::layer::{Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+
+use crate::otlp::{self, OtlpConfig, OtlpExporter};
 
 /// How logs are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub enum LogFormat {
 #[derive(Debug, Default)]
 pub struct Telemetry {
     processor: Option<Arc<dyn SpanProcessor>>,
+    /// How long the last flush may take: one export request's timeout, and a little more.
+    flush_timeout: Duration,
 }
 
 impl Telemetry {
@@ -46,7 +50,7 @@ impl Telemetry {
     /// Exports what is buffered and stops the exporter.
     pub fn shutdown(self) {
         if let Some(p) = self.processor {
-            if let Err(e) = p.shutdown() {
+            if let Err(e) = p.shutdown_with_timeout(self.flush_timeout) {
                 eprintln!("switchyard: trace export did not flush: {e}");
             }
         }
@@ -56,6 +60,8 @@ impl Telemetry {
 /// Where finished spans go, and how new traces are sampled.
 #[derive(Debug, Clone)]
 pub struct Export {
+    /// One export request's timeout.
+    pub timeout: Duration,
     /// Takes each finished span (the batch processor over the OTLP exporter in `serve`).
     pub processor: Arc<dyn SpanProcessor>,
     /// Decides for each trace that starts here (parent-based: a message's own `traceparent` decides
@@ -63,47 +69,51 @@ pub struct Export {
     pub sampler: Sampler,
 }
 
-/// The OTLP endpoint in effect: the config's, else the standard variables'; `None` when export is off.
-pub fn endpoint(config: &TelemetryConfig) -> Option<String> {
-    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-        return None;
-    }
-    config
-        .otlp_endpoint
-        .clone()
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok())
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.is_empty())
-}
-
-/// Span export to `config`'s endpoint over OTLP/HTTP in batches (the SDK's batch processor, which
-/// reads the standard `OTEL_BSP_*` variables); `None` when export is off.
+/// The OTLP export settings in effect (the config file's endpoint, else the standard variables');
+/// `None` when export is off, including when `OTEL_SDK_DISABLED=true`.
 ///
 /// # Errors
-/// When the exporter cannot be built (a bad endpoint URL).
-pub fn export(config: &TelemetryConfig) -> Result<Option<Export>, String> {
-    if endpoint(config).is_none() {
+/// A setting that cannot be used, named (see [`otlp::resolve`]).
+pub fn otlp_config(config: &TelemetryConfig) -> Result<Option<OtlpConfig>, String> {
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
-    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
-    if let Some(base) = &config.otlp_endpoint {
-        let base = base.trim_end_matches('/');
-        let url = if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") };
-        builder = builder.with_endpoint(url);
-    }
-    let exporter = builder.build().map_err(|e| format!("telemetry: {e}"))?;
-    let service = config
-        .service_name
-        .clone()
-        .or_else(|| std::env::var("OTEL_SERVICE_NAME").ok())
-        .unwrap_or_else(|| "switchyard".to_owned());
+    otlp::resolve(config.otlp_endpoint.as_deref(), |name| std::env::var(name).ok())
+        .map_err(|e| format!("telemetry: {e}"))
+}
+
+/// Span export as `config` and the standard variables say, over OTLP/HTTP in batches (the SDK's batch
+/// processor, which reads the standard `OTEL_BSP_*` variables, over [`otlp::OtlpExporter`]); `None`
+/// when export is off.
+///
+/// # Errors
+/// A setting that cannot be used (a bad endpoint URL, header list or timeout).
+pub fn export(config: &TelemetryConfig) -> Result<Option<Export>, String> {
+    let Some(otlp) = otlp_config(config)? else { return Ok(None) };
+    let exporter = OtlpExporter::new(&otlp)?;
     let ratio = config.sample_ratio.unwrap_or(1.0);
     let mut processor = BatchSpanProcessor::builder(exporter).build();
-    processor.set_resource(&Resource::builder().with_service_name(service).build());
+    processor.set_resource(&resource(config.service_name.as_deref()));
     Ok(Some(Export {
+        timeout: otlp.timeout,
         processor: Arc::new(processor),
         sampler: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
     }))
+}
+
+/// The resource spans are exported with: what the SDK detects (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`), with the config file's `service_name` over it, and `switchyard` as the
+/// service name when nothing names one.
+fn resource(service_name: Option<&str>) -> Resource {
+    let detected = Resource::builder().build();
+    let unnamed = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_none_or(|v| v.as_str().is_empty() || v.as_str().starts_with("unknown_service"));
+    match service_name {
+        Some(name) => Resource::builder().with_service_name(name.to_owned()).build(),
+        None if unnamed => Resource::builder().with_service_name("switchyard").build(),
+        None => detected,
+    }
 }
 
 /// The span export layer over `export`: Switchyard's spans down to `debug`, nothing else (see
@@ -134,10 +144,13 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
     };
     subscriber(format, filter, export.as_ref(), std::io::stderr).init();
     log_panics();
-    if let Some(e) = telemetry.and_then(endpoint) {
-        tracing::info!(endpoint = %e, "exporting traces over OTLP/HTTP");
+    if let Some(Ok(Some(c))) = telemetry.map(otlp_config) {
+        tracing::info!(url = %c.url, "exporting traces over OTLP/HTTP");
     }
-    Ok(Telemetry { processor: export.map(|e| e.processor) })
+    Ok(Telemetry {
+        flush_timeout: export.as_ref().map_or(Duration::ZERO, |e| e.timeout + Duration::from_secs(1)),
+        processor: export.map(|e| e.processor),
+    })
 }
 
 /// The subscriber [`init`] installs: logs to `writer` in `format` filtered by `filter`, plus the span
@@ -254,6 +267,7 @@ mod tests {
         // spans, and their contexts (record trace ids, the function's traceparent) can be read.
         let exporter = InMemorySpanExporter::default();
         let export = super::Export {
+            timeout: std::time::Duration::from_secs(1),
             processor: Arc::new(SimpleSpanProcessor::new(exporter.clone())),
             sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         };
@@ -277,6 +291,18 @@ mod tests {
         assert_eq!(spans.len(), 2, "receive and route are exported");
         let remote = super::remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
         assert!(remote.span().span_context().is_remote());
+    }
+
+    #[test]
+    fn the_service_is_named_by_the_config_else_the_environment_else_switchyard() {
+        let name = |r: opentelemetry_sdk::Resource| {
+            r.get(&opentelemetry::Key::from_static_str("service.name")).map(|v| v.as_str().into_owned())
+        };
+        assert_eq!(name(super::resource(Some("orders"))).as_deref(), Some("orders"));
+        let named_by_env = ["OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"].iter().any(|v| std::env::var(v).is_ok());
+        if !named_by_env {
+            assert_eq!(name(super::resource(None)).as_deref(), Some("switchyard"));
+        }
     }
 
     #[derive(Clone, Default)]

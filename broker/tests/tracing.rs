@@ -26,6 +26,7 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 async fn a_traceparent_continues_from_message_to_function_and_record() {
     let exporter = InMemorySpanExporter::default();
     let export = switchyard_broker::telemetry::Export {
+        timeout: std::time::Duration::from_secs(1),
         processor: std::sync::Arc::new(SimpleSpanProcessor::new(exporter.clone())),
         sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
     };

@@ -87,7 +87,9 @@ impl Runtime for HttpRuntime {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error's message followed by its causes (reqwest's own message does not say why a request
+/// failed: connection refused, DNS, timeout).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
