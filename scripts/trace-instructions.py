@@ -12,7 +12,9 @@ the tokio worker threads, and for the rest (the records thread, and the span exp
     cargo build --release --bin switchyard
     python3 scripts/trace-instructions.py target/release/switchyard [N]   # N defaults to 2000
 
-Needs valgrind (every machine of this kind has it). Takes about a minute.
+Needs valgrind (every machine of this kind has it). Takes about a minute. To look into the profiles
+afterwards, set TRACE_INSTRUCTIONS_KEEP to a directory: the callgrind dumps stay there
+(off/cg.out.1 and on/cg.out.1, for callgrind_annotate).
 """
 import concurrent.futures as cf
 import http.server
@@ -140,9 +142,15 @@ def main():
     binary = os.path.abspath(sys.argv[1])
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     function, otlp = start_sink(), start_sink()
-    with tempfile.TemporaryDirectory(prefix="sy-trace-instr") as work:
-        off = run(binary, "off", n, function, otlp, work)
-        on = run(binary, "on", n, function, otlp, work)
+    keep = os.environ.get("TRACE_INSTRUCTIONS_KEEP")
+    if keep:
+        os.makedirs(keep)
+        off = run(binary, "off", n, function, otlp, keep)
+        on = run(binary, "on", n, function, otlp, keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sy-trace-instr") as work:
+            off = run(binary, "off", n, function, otlp, work)
+            on = run(binary, "on", n, function, otlp, work)
     print(f"\ninstructions per event, {n} events (callgrind; POST /events -> no-op function -> SUCCESS record)\n")
     print("| | export off | export on | on - off | ratio |")
     print("|---|---|---|---|---|")

@@ -4,14 +4,16 @@
 //! accepts them. Throughput is N events over first post -> last SUCCESS record.
 //!
 //! Beside throughput, it reads each `serve` process's CPU time (user + system, from `/proc`) over its
-//! rounds: CPU per event is steadier than events/s on a shared, noisy machine, and the difference
-//! between the two processes is what export costs the broker itself.
+//! rounds, in total and by thread (tokio's workers, the records thread, the span export thread): CPU per
+//! event is steadier than events/s on a shared, noisy machine, and the difference between the two
+//! processes is what export costs the broker itself.
 //!
 //! Run: `cargo bench -p switchyard-broker --bench tracing` (env: `SWITCHYARD_BENCH_EVENTS`, default
 //! 20000; `SWITCHYARD_BENCH_CONCURRENCY`, default 32). Under `cargo test` it runs a small smoke load.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,22 +84,48 @@ async fn serve(dir: &std::path::Path, name: &str, function: &str, telemetry: &st
     Serve { child, url, store }
 }
 
-/// CPU time (user + system) a process has used so far, in seconds; `None` where `/proc` is missing.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces, so split after its closing parenthesis):
-    // utime and stime are the 12th and 13th, in clock ticks.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
-    Some(ticks / 100.0)
+/// CPU seconds (user + system) a process's threads have used so far, summed by thread name (tokio's
+/// workers share one); empty where `/proc` is missing.
+fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(name), Ok(stat)) =
+            (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the command name (which may hold spaces, so split after its closing
+        // parenthesis): utime and stime are the 12th and 13th, in clock ticks.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or_default();
+        // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+        *by_name.entry(name.trim().to_owned()).or_default() += (ticks(11) + ticks(12)) / 100.0;
+    }
+    by_name
 }
 
-/// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s and the `serve`
-/// process's CPU seconds over the round.
-async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, concurrency: usize) -> (f64, f64) {
+/// Adds what each thread group used between `before` and `after` to `into`.
+fn add_cpu(into: &mut BTreeMap<String, f64>, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
+    for (name, t) in after {
+        *into.entry(name.clone()).or_default() += t - before.get(name).copied().unwrap_or_default();
+    }
+}
+
+/// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s, and adds the CPU
+/// seconds the `serve` process's threads used over the round to `cpu`.
+async fn round(
+    s: &Serve,
+    client: &reqwest::Client,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+    cpu: &mut BTreeMap<String, f64>,
+) -> f64 {
     let pid = s.child.id().expect("serve is running");
-    let cpu_before = cpu_seconds(pid).unwrap_or_default();
+    let cpu_before = cpu_by_thread(pid);
     let body = r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}], "total": 31.5}"#;
     let before = s.store.count(Some(Status::Success)).await.unwrap();
     let start = Instant::now();
@@ -118,7 +146,8 @@ async fn round(s: &Serve, client: &reqwest::Client, first: usize, n: usize, conc
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    (rate, cpu_seconds(pid).unwrap_or_default() - cpu_before)
+    add_cpu(cpu, &cpu_before, &cpu_by_thread(pid));
+    rate
 }
 
 #[tokio::main]
@@ -140,17 +169,14 @@ async fn main() {
         .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    round(&off, &client, 0, 200.min(n), concurrency).await; // warm-up
-    round(&on, &client, 0, 200.min(n), concurrency).await;
+    let mut warm_up = BTreeMap::new();
+    round(&off, &client, 0, 200.min(n), concurrency, &mut warm_up).await;
+    round(&on, &client, 0, 200.min(n), concurrency, &mut warm_up).await;
     let (mut rates_off, mut rates_on) = (Vec::new(), Vec::new());
-    let (mut cpu_off, mut cpu_on) = (0.0, 0.0);
+    let (mut cpu_off, mut cpu_on) = (BTreeMap::new(), BTreeMap::new());
     for r in 0..3 {
-        let (rate, cpu) = round(&off, &client, (r + 1) * n, n, concurrency).await;
-        rates_off.push(rate);
-        cpu_off += cpu;
-        let (rate, cpu) = round(&on, &client, (r + 1) * n, n, concurrency).await;
-        rates_on.push(rate);
-        cpu_on += cpu;
+        rates_off.push(round(&off, &client, (r + 1) * n, n, concurrency, &mut cpu_off).await);
+        rates_on.push(round(&on, &client, (r + 1) * n, n, concurrency, &mut cpu_on).await);
     }
     for s in [&off, &on] {
         assert_eq!(s.store.count(Some(Status::Failure)).await.unwrap(), 0, "no invocation may fail in the bench");
@@ -173,12 +199,24 @@ async fn main() {
     println!("| same, spans exported over OTLP/HTTP | {on_m:.0} | {:.2} |", on_m / off_m);
     // CPU microseconds per event of each `serve` process, over its 3 rounds.
     let per_event = |cpu: f64| cpu * 1e6 / (3 * n) as f64;
+    let (total_off, total_on): (f64, f64) = (cpu_off.values().sum(), cpu_on.values().sum());
     println!(
         "| CPU of the `serve` process per event (export off / on) | {:.0} us / {:.0} us | {:.2} |",
-        per_event(cpu_off),
-        per_event(cpu_on),
-        cpu_on / cpu_off
+        per_event(total_off),
+        per_event(total_on),
+        total_on / total_off
     );
+    println!("\nCPU per event by thread, us (export off / on; threads with at least 0.5 us):\n");
+    let names: std::collections::BTreeSet<&String> = cpu_off.keys().chain(cpu_on.keys()).collect();
+    for name in names {
+        let (a, b) = (
+            per_event(cpu_off.get(name).copied().unwrap_or_default()),
+            per_event(cpu_on.get(name).copied().unwrap_or_default()),
+        );
+        if a >= 0.5 || b >= 0.5 {
+            println!("- {name}: {a:.1} / {b:.1}");
+        }
+    }
     println!(
         "\n(rounds off: {rates_off:.0?}; on: {rates_on:.0?}; {} bytes of spans exported so far)",
         exported.load(Ordering::Relaxed)
