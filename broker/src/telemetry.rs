@@ -91,14 +91,43 @@ pub fn otlp_config(config: &TelemetryConfig) -> Result<Option<OtlpConfig>, Strin
 pub fn export(config: &TelemetryConfig) -> Result<Option<Export>, String> {
     let Some(otlp) = otlp_config(config)? else { return Ok(None) };
     let exporter = OtlpExporter::new(&otlp)?;
-    let ratio = config.sample_ratio.unwrap_or(1.0);
+    let sampler = sampler(config.sample_ratio, |name| std::env::var(name).ok())?;
     let mut processor = BatchSpanProcessor::builder(exporter).build();
     processor.set_resource(&resource(config.service_name.as_deref()));
-    Ok(Some(Export {
-        timeout: otlp.timeout,
-        processor: Arc::new(processor),
-        sampler: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
-    }))
+    Ok(Some(Export { timeout: otlp.timeout, processor: Arc::new(processor), sampler }))
+}
+
+/// The sampler for traces that start here: the config file's `sample_ratio` (parent-based: a
+/// message's own `traceparent` decides for its trace), else the standard `OTEL_TRACES_SAMPLER` and
+/// `OTEL_TRACES_SAMPLER_ARG`, else `parentbased_always_on`.
+///
+/// # Errors
+/// A sampler Switchyard does not have, or an argument that is not a ratio from 0 to 1, named.
+pub fn sampler(config_ratio: Option<f64>, env: impl Fn(&str) -> Option<String>) -> Result<Sampler, String> {
+    if let Some(r) = config_ratio {
+        return Ok(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))));
+    }
+    let ratio = || match env("OTEL_TRACES_SAMPLER_ARG").filter(|a| !a.trim().is_empty()) {
+        None => Ok(1.0),
+        Some(a) => match a.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => Err(format!("telemetry: OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio from 0 to 1")),
+        },
+    };
+    let name = env("OTEL_TRACES_SAMPLER").unwrap_or_default();
+    Ok(match name.trim() {
+        "" | "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        other => {
+            return Err(format!(
+                "telemetry: OTEL_TRACES_SAMPLER={other:?} is not supported (always_on, always_off, traceidratio, or parentbased_ with one of those)"
+            ))
+        }
+    })
 }
 
 /// The resource spans are exported with: what the SDK detects (`OTEL_SERVICE_NAME`,
@@ -291,6 +320,34 @@ mod tests {
         assert_eq!(spans.len(), 2, "receive and route are exported");
         let remote = super::remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
         assert!(remote.span().span_context().is_remote());
+    }
+
+    #[test]
+    fn the_sampler_comes_from_the_config_else_the_standard_variables() {
+        use opentelemetry_sdk::trace::Sampler;
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        let show = |s: Sampler| format!("{s:?}");
+        let parent_based = |inner: Sampler| show(Sampler::ParentBased(Box::new(inner)));
+        assert_eq!(show(super::sampler(None, env(&[])).unwrap()), parent_based(Sampler::AlwaysOn));
+        assert_eq!(
+            show(super::sampler(Some(0.25), env(&[("OTEL_TRACES_SAMPLER", "always_off")])).unwrap()),
+            parent_based(Sampler::TraceIdRatioBased(0.25)),
+            "the config file's ratio wins"
+        );
+        let ratio = env(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")]);
+        assert_eq!(show(super::sampler(None, ratio).unwrap()), show(Sampler::TraceIdRatioBased(0.1)));
+        let parent_ratio = env(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")]);
+        assert_eq!(show(super::sampler(None, parent_ratio).unwrap()), parent_based(Sampler::TraceIdRatioBased(1.0)));
+        assert_eq!(
+            show(super::sampler(None, env(&[("OTEL_TRACES_SAMPLER", "always_on")])).unwrap()),
+            show(Sampler::AlwaysOn)
+        );
+        let err = super::sampler(None, env(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")])).unwrap_err();
+        assert!(err.contains("OTEL_TRACES_SAMPLER") && err.contains("jaeger_remote"), "{err}");
+        let bad = env(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")]);
+        assert!(super::sampler(None, bad).unwrap_err().contains("OTEL_TRACES_SAMPLER_ARG"));
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::trace::{Sampler, ShouldSample as _, SpanData, SpanEvents, SpanLinks, SpanProcessor};
 use tracing::field::{Field, Visit};
@@ -43,12 +45,15 @@ struct Open {
     status: Status,
     start: SystemTime,
     attributes: Vec<KeyValue>,
+    /// For a root under a sampler that is not parent-based: that sampler, which also decides when a
+    /// remote parent is set later ([`set_remote_parent`]). `None` otherwise: the parent decides.
+    sampler: Option<Arc<Sampler>>,
 }
 
 /// The layer: install it with a filter that passes the spans to export (see `telemetry::otel_layer`).
 pub struct ExportLayer {
     processor: Arc<dyn SpanProcessor>,
-    sampler: Sampler,
+    sampler: Arc<Sampler>,
     scope: InstrumentationScope,
 }
 
@@ -61,7 +66,7 @@ impl std::fmt::Debug for ExportLayer {
 impl ExportLayer {
     /// Spans go to `processor` once they close; `sampler` decides for each new trace.
     pub fn new(processor: Arc<dyn SpanProcessor>, sampler: Sampler) -> Self {
-        Self { processor, sampler, scope: InstrumentationScope::builder("switchyard").build() }
+        Self { processor, sampler: Arc::new(sampler), scope: InstrumentationScope::builder("switchyard").build() }
     }
 
     fn root(&self, name: &str, kind: &SpanKind) -> (TraceId, TraceFlags) {
@@ -92,6 +97,7 @@ where
             status: Status::Unset,
             start: SystemTime::now(),
             attributes: Vec::with_capacity(attrs.fields().len()),
+            sampler: None,
         };
         attrs.record(&mut Fields { open: &mut open, recorded: false });
         let parent = span.parent().and_then(|p| p.extensions().get::<Open>().map(|o| o.context.clone()));
@@ -102,6 +108,9 @@ where
             }
             None => {
                 let (t, f) = self.root(&open.name, &open.kind);
+                if !matches!(*self.sampler, Sampler::ParentBased(_)) {
+                    open.sampler = Some(Arc::clone(&self.sampler));
+                }
                 (t, f, TraceState::NONE)
             }
         };
@@ -258,19 +267,28 @@ pub fn traceparent(cx: &SpanContext) -> String {
 }
 
 /// Makes `parent` (a context carried by a message, remote to this process) the parent of `span`, which
-/// must have no children yet: the span joins that trace and follows its sampling decision.
+/// must have no children yet: the span joins that trace. Whether it is sampled is the parent's
+/// decision under a parent-based sampler (the default), else the configured sampler's, for that trace.
 pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
     if !parent.is_valid() {
         return;
     }
     with_open(span, |open| {
-        open.context = SpanContext::new(
-            parent.trace_id(),
-            open.context.span_id(),
-            parent.trace_flags(),
-            false,
-            parent.trace_state().clone(),
-        );
+        let flags = match &open.sampler {
+            None => parent.trace_flags(),
+            Some(sampler) => {
+                let cx = opentelemetry::Context::new().with_remote_span_context(parent.clone());
+                let decision =
+                    sampler.should_sample(Some(&cx), parent.trace_id(), &open.name, &open.kind, &open.attributes, &[]);
+                if decision.decision == SamplingDecision::RecordAndSample {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                }
+            }
+        };
+        open.context =
+            SpanContext::new(parent.trace_id(), open.context.span_id(), flags, false, parent.trace_state().clone());
         open.parent = parent.span_id();
         open.parent_is_remote = true;
     });
@@ -363,7 +381,7 @@ mod tests {
         assert!(seen.is_sampled());
 
         let mut unsampled = None;
-        let spans = exported(Sampler::AlwaysOn, || {
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
             let not_sampled = SpanContext::new(trace, caller, TraceFlags::default(), true, TraceState::NONE);
             let span = tracing::info_span!("receive");
             set_remote_parent(&span, &not_sampled);
@@ -373,6 +391,26 @@ mod tests {
         let unsampled = unsampled.expect("ids exist for propagation");
         assert_eq!(unsampled.trace_id(), trace);
         assert!(!unsampled.is_sampled());
+    }
+
+    #[test]
+    fn a_sampler_that_is_not_parent_based_decides_for_remote_parents_too() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let caller = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let unsampled = SpanContext::new(trace, caller, TraceFlags::default(), true, TraceState::NONE);
+        let sampled = SpanContext::new(trace, caller, TraceFlags::SAMPLED, true, TraceState::NONE);
+        let spans = exported(Sampler::AlwaysOn, || {
+            let span = tracing::info_span!("receive");
+            set_remote_parent(&span, &unsampled);
+        });
+        assert_eq!(spans.len(), 1, "always_on samples whatever the caller decided");
+        assert_eq!(spans[0].span_context.trace_id(), trace);
+        assert_eq!(spans[0].parent_span_id, caller);
+        let spans = exported(Sampler::AlwaysOff, || {
+            let span = tracing::info_span!("receive");
+            set_remote_parent(&span, &sampled);
+        });
+        assert!(spans.is_empty(), "always_off drops whatever the caller decided");
     }
 
     #[test]

@@ -146,10 +146,12 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318` (spans go to `/v1/traces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
-    /// The `service.name` resource attribute. Default `OTEL_SERVICE_NAME`, else `switchyard`.
+    /// The `service.name` resource attribute. Default `OTEL_SERVICE_NAME` (or `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`), else `switchyard`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
-    /// Fraction of new traces kept (0 to 1) when no incoming `traceparent` decides. Default 1.
+    /// Fraction of new traces kept (0 to 1) when no incoming `traceparent` decides. Default: the
+    /// standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, else 1 (every trace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_ratio: Option<f64>,
 }
