@@ -92,14 +92,14 @@ pub fn resolve(
         _ => return Err(format!("{name}: {url:?} is not an http(s) URL")),
     }
     if let Some((n, p)) = first_set(&env, ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]) {
-        if p.trim() != "http/protobuf" {
+        if !p.trim().eq_ignore_ascii_case("http/protobuf") {
             return Err(format!(
                 "{n}={p:?}: Switchyard exports spans over OTLP/HTTP with protobuf only (http/protobuf)"
             ));
         }
     }
     if let Some((n, c)) = first_set(&env, ["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"]) {
-        if c.trim() != "none" {
+        if !c.trim().eq_ignore_ascii_case("none") {
             return Err(format!("{n}={c:?}: Switchyard does not compress OTLP requests (use none)"));
         }
     }

@@ -64,8 +64,8 @@ pub struct Export {
     pub timeout: Duration,
     /// Takes each finished span (the batch processor over the OTLP exporter in `serve`).
     pub processor: Arc<dyn SpanProcessor>,
-    /// Decides for each trace that starts here (parent-based: a message's own `traceparent` decides
-    /// for its trace).
+    /// Decides for each trace that starts here, and, unless it is parent-based (the default), also for
+    /// traces that arrive with a `traceparent` (see [`sampler`]).
     pub sampler: Sampler,
 }
 
@@ -114,8 +114,11 @@ pub fn sampler(config_ratio: Option<f64>, env: impl Fn(&str) -> Option<String>) 
             _ => Err(format!("telemetry: OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio from 0 to 1")),
         },
     };
-    let name = env("OTEL_TRACES_SAMPLER").unwrap_or_default();
-    Ok(match name.trim() {
+    // Values are case-insensitive (the spec's rule for enum variables). Unlike the spec, which has an
+    // unknown value ignored with a warning, an unknown sampler stops `serve`: a typo would otherwise
+    // export every trace, or none, without anyone noticing.
+    let name = env("OTEL_TRACES_SAMPLER").unwrap_or_default().trim().to_ascii_lowercase();
+    Ok(match name.as_str() {
         "" | "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),

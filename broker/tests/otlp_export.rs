@@ -62,11 +62,14 @@ async fn a_serve_process_exports_a_messages_spans_over_otlp_and_flushes_them_at_
     );
     let cfg = dir.path().join("otlp.yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    // Only this test's settings: none of the OTEL_* variables of the shell that runs it.
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("OTEL_")) {
+        command.env_remove(name);
+    }
+    let mut serve = command
         .args(["serve", "-c", cfg.to_str().unwrap()])
         .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
