@@ -144,7 +144,9 @@ def main():
     function, otlp = start_sink(), start_sink()
     keep = os.environ.get("TRACE_INSTRUCTIONS_KEEP")
     if keep:
-        os.makedirs(keep)
+        if os.path.isdir(keep) and os.listdir(keep):
+            sys.exit(f"TRACE_INSTRUCTIONS_KEEP: {keep} is not empty (its records would be counted again)")
+        os.makedirs(keep, exist_ok=True)
         off = run(binary, "off", n, function, otlp, keep)
         on = run(binary, "on", n, function, otlp, keep)
     else:

@@ -84,34 +84,56 @@ async fn serve(dir: &std::path::Path, name: &str, function: &str, telemetry: &st
     Serve { child, url, store }
 }
 
-/// CPU seconds (user + system) a process's threads have used so far, summed by thread name (tokio's
-/// workers share one); empty where `/proc` is missing.
-fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
-    let mut by_name = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+/// CPU seconds (user + system) used so far, from a `/proc/.../stat` line: utime and stime are the 12th
+/// and 13th fields after the command name (which may hold spaces, so split after its closing
+/// parenthesis), in clock ticks of USER_HZ, which is 100 on every architecture Linux supports.
+fn stat_seconds(stat: &str) -> Option<f64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
+/// A process's CPU so far: in total (threads that have ended included), and by thread id with each
+/// thread's name (tokio's workers share one).
+#[derive(Default)]
+struct Cpu {
+    total: f64,
+    threads: BTreeMap<u32, (String, f64)>,
+}
+
+fn cpu_of(pid: u32) -> Cpu {
+    let mut cpu = Cpu {
+        total: std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| stat_seconds(&s)).unwrap_or(0.0),
+        ..Cpu::default()
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return cpu };
     for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
         let path = task.path();
         let (Ok(name), Ok(stat)) =
             (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat")))
         else {
             continue; // the thread ended meanwhile
         };
-        // Fields after the command name (which may hold spaces, so split after its closing
-        // parenthesis): utime and stime are the 12th and 13th, in clock ticks.
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or_default();
-        // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
-        *by_name.entry(name.trim().to_owned()).or_default() += (ticks(11) + ticks(12)) / 100.0;
+        if let Some(seconds) = stat_seconds(&stat) {
+            cpu.threads.insert(tid, (name.trim().to_owned(), seconds));
+        }
     }
-    by_name
+    cpu
 }
 
-/// Adds what each thread group used between `before` and `after` to `into`.
-fn add_cpu(into: &mut BTreeMap<String, f64>, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
-    for (name, t) in after {
-        *into.entry(name.clone()).or_default() += t - before.get(name).copied().unwrap_or_default();
+/// Adds what the process used between `before` and `after` to `into`, by thread name: "total" for the
+/// whole process, and "(threads that ended, rounding)" for what the running threads do not account for
+/// (threads that ended, and each thread's ticks being rounded on their own).
+fn add_cpu(into: &mut BTreeMap<String, f64>, before: &Cpu, after: &Cpu) {
+    let total = after.total - before.total;
+    *into.entry("total".to_owned()).or_default() += total;
+    let mut by_threads = 0.0;
+    for (tid, (name, t)) in &after.threads {
+        let used = t - before.threads.get(tid).map_or(0.0, |(_, b)| *b);
+        by_threads += used;
+        *into.entry(name.clone()).or_default() += used;
     }
+    *into.entry("(threads that ended, rounding)".to_owned()).or_default() += (total - by_threads).max(0.0);
 }
 
 /// Posts `n` events to `s` and waits for their SUCCESS records; returns events/s, and adds the CPU
@@ -125,7 +147,7 @@ async fn round(
     cpu: &mut BTreeMap<String, f64>,
 ) -> f64 {
     let pid = s.child.id().expect("serve is running");
-    let cpu_before = cpu_by_thread(pid);
+    let cpu_before = cpu_of(pid);
     let body = r#"{"order": 42, "items": [{"sku": "A-1", "qty": 2}], "total": 31.5}"#;
     let before = s.store.count(Some(Status::Success)).await.unwrap();
     let start = Instant::now();
@@ -146,7 +168,7 @@ async fn round(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    add_cpu(cpu, &cpu_before, &cpu_by_thread(pid));
+    add_cpu(cpu, &cpu_before, &cpu_of(pid));
     rate
 }
 
@@ -199,7 +221,8 @@ async fn main() {
     println!("| same, spans exported over OTLP/HTTP | {on_m:.0} | {:.2} |", on_m / off_m);
     // CPU microseconds per event of each `serve` process, over its 3 rounds.
     let per_event = |cpu: f64| cpu * 1e6 / (3 * n) as f64;
-    let (total_off, total_on): (f64, f64) = (cpu_off.values().sum(), cpu_on.values().sum());
+    let total = |cpu: &BTreeMap<String, f64>| cpu.get("total").copied().unwrap_or_default();
+    let (total_off, total_on) = (total(&cpu_off), total(&cpu_on));
     println!(
         "| CPU of the `serve` process per event (export off / on) | {:.0} us / {:.0} us | {:.2} |",
         per_event(total_off),
@@ -207,7 +230,8 @@ async fn main() {
         total_on / total_off
     );
     println!("\nCPU per event by thread, us (export off / on; threads with at least 0.5 us):\n");
-    let names: std::collections::BTreeSet<&String> = cpu_off.keys().chain(cpu_on.keys()).collect();
+    let names: std::collections::BTreeSet<&String> =
+        cpu_off.keys().chain(cpu_on.keys()).filter(|n| n.as_str() != "total").collect();
     for name in names {
         let (a, b) = (
             per_event(cpu_off.get(name).copied().unwrap_or_default()),
