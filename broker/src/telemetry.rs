@@ -82,19 +82,18 @@ pub fn otlp_config(config: &TelemetryConfig) -> Result<Option<OtlpConfig>, Strin
         .map_err(|e| format!("telemetry: {e}"))
 }
 
-/// Span export as `config` and the standard variables say, over OTLP/HTTP in batches (the SDK's batch
-/// processor, which reads the standard `OTEL_BSP_*` variables, over [`otlp::OtlpExporter`]); `None`
-/// when export is off.
+/// Span export to `otlp` (see [`otlp_config`]) over OTLP/HTTP in batches: the SDK's batch processor,
+/// which reads the standard `OTEL_BSP_*` variables, over [`otlp::OtlpExporter`]; sampled and named as
+/// `config` and the standard variables say.
 ///
 /// # Errors
-/// A setting that cannot be used (a bad endpoint URL, header list or timeout).
-pub fn export(config: &TelemetryConfig) -> Result<Option<Export>, String> {
-    let Some(otlp) = otlp_config(config)? else { return Ok(None) };
-    let exporter = OtlpExporter::new(&otlp)?;
+/// A setting that cannot be used (the sampler), or an HTTP client that cannot be built.
+pub fn export(config: &TelemetryConfig, otlp: &OtlpConfig) -> Result<Export, String> {
+    let exporter = OtlpExporter::new(otlp)?;
     let sampler = sampler(config.sample_ratio, |name| std::env::var(name).ok())?;
     let mut processor = BatchSpanProcessor::builder(exporter).build();
     processor.set_resource(&resource(config.service_name.as_deref()));
-    Ok(Some(Export { timeout: otlp.timeout, processor: Arc::new(processor), sampler }))
+    Ok(Export { timeout: otlp.timeout, processor: Arc::new(processor), sampler })
 }
 
 /// The sampler for traces that start here: the config file's `sample_ratio` (parent-based: a
@@ -170,14 +169,17 @@ where
 /// When the exporter cannot be built.
 pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let export = match telemetry {
-        Some(t) => export(t)?,
-        None => None,
+    let (export, url) = match telemetry {
+        Some(t) => match otlp_config(t)? {
+            Some(otlp) => (Some(export(t, &otlp)?), Some(otlp.url)),
+            None => (None, None),
+        },
+        None => (None, None),
     };
     subscriber(format, filter, export.as_ref(), std::io::stderr).init();
     log_panics();
-    if let Some(Ok(Some(c))) = telemetry.map(otlp_config) {
-        tracing::info!(url = %c.url, "exporting traces over OTLP/HTTP");
+    if let Some(url) = url {
+        tracing::info!(%url, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry {
         flush_timeout: export.as_ref().map_or(Duration::ZERO, |e| e.timeout + Duration::from_secs(1)),
