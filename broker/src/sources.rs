@@ -341,7 +341,7 @@ impl Sources {
                             };
                             for delivery in deliveries {
                                 let span = crate::telemetry::receive_span(system, &forward_name, &delivery.event);
-                                if let Err(e) = d.dispatch(delivery).instrument(span).await {
+                                if let Err(e) = d.dispatch_traced(delivery, span).await {
                                     tracing::debug!(error = %e, "delivery not dispatched");
                                 }
                             }

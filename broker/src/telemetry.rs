@@ -1,24 +1,24 @@
 //! Logs and traces: the `tracing` subscriber (text or JSON logs on stderr, filtered by `RUST_LOG`) and,
-//! when an OTLP endpoint is configured, the span export layer ([`switchyard_dispatcher::spans`]) feeding
-//! the OpenTelemetry SDK's batch span processor and Switchyard's OTLP/HTTP exporter ([`crate::otlp`]).
+//! when an OTLP endpoint is configured, the span tracer ([`switchyard_dispatcher::spans`]) feeding the
+//! OpenTelemetry SDK's batch span processor and Switchyard's OTLP/HTTP exporter ([`crate::otlp`]).
 //!
-//! The two layers filter separately: logs default to `info`, while the export layer takes Switchyard's
-//! own spans down to `debug` (receive, delivery, attempt, record). With export off there is no export
-//! layer at all, and those `debug` spans are disabled: no cost.
+//! The two are separate: logs go through `tracing`, while each message's spans (receive, route,
+//! attempt, record write) are built by `spans` directly. With export off no tracer is installed and
+//! those spans are `None`: no cost.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::SpanKind;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use switchyard_dispatcher::spans::ExportLayer;
+use switchyard_dispatcher::spans::{self, Span, Tracer};
 use switchyard_schemas::config::TelemetryConfig;
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
@@ -67,6 +67,13 @@ pub struct Export {
     /// Decides for each trace that starts here, and, unless it is parent-based (the default), also for
     /// traces that arrive with a `traceparent` (see [`sampler`]).
     pub sampler: Sampler,
+}
+
+impl Export {
+    /// The span tracer over this export (see [`switchyard_dispatcher::spans::install`]).
+    pub fn tracer(&self) -> Tracer {
+        Tracer::new(Arc::clone(&self.processor), self.sampler.clone())
+    }
 }
 
 /// The OTLP export settings in effect (the config file's endpoint, else the standard variables');
@@ -147,21 +154,6 @@ fn resource(service_name: Option<&str>) -> Resource {
     }
 }
 
-/// The span export layer over `export`: Switchyard's spans down to `debug`, nothing else (see
-/// [`switchyard_dispatcher::spans`] for what it makes of each span).
-pub fn otel_layer<S>(export: &Export) -> impl Layer<S>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    // The level hint keeps `trace` callsites (and `log` records at trace level) off the dynamic path:
-    // without it the process-wide level would be `trace` as soon as export is on.
-    let own_spans = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_span() && meta.target().starts_with("switchyard") && *meta.level() <= tracing::Level::DEBUG
-    })
-    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG);
-    ExportLayer::new(Arc::clone(&export.processor), export.sampler.clone()).with_filter(own_spans)
-}
-
 /// Installs the global subscriber: logs in `format` filtered by `RUST_LOG` (default `info`), plus span
 /// export when `telemetry` enables it (pass `None` for commands that only talk to a broker).
 ///
@@ -176,8 +168,11 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
         },
         None => (None, None),
     };
-    subscriber(format, filter, export.as_ref(), std::io::stderr).init();
+    subscriber(format, filter, std::io::stderr).init();
     log_panics();
+    if let Some(e) = &export {
+        spans::install(e.tracer()).map_err(str::to_owned)?;
+    }
     if let Some(url) = url {
         tracing::info!(%url, "exporting traces over OTLP/HTTP");
     }
@@ -187,14 +182,8 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
     })
 }
 
-/// The subscriber [`init`] installs: logs to `writer` in `format` filtered by `filter`, plus the span
-/// export layer when `export` is given.
-fn subscriber<W>(
-    format: LogFormat,
-    filter: EnvFilter,
-    export: Option<&Export>,
-    writer: W,
-) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync
+/// The subscriber [`init`] installs: logs to `writer` in `format` filtered by `filter`.
+fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -203,7 +192,7 @@ where
         LogFormat::Pretty => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(export.map(otel_layer))
+    tracing_subscriber::registry().with(fmt.with_filter(filter))
 }
 
 /// Panics also go to the log (as ERROR, JSON when the log is JSON), not only to stderr's default
@@ -254,35 +243,40 @@ impl opentelemetry::propagation::Extractor for TraceHeaders<'_> {
 }
 
 /// The span of one message arriving from a source (OpenTelemetry messaging conventions), continuing
-/// the trace its `traceparent` extension names.
-pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> tracing::Span {
+/// the trace its `traceparent` extension names; [`Span::none`] when export is off.
+pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> Span {
+    spans::installed().map_or(Span::none(), |t| receive_span_of(t, system, source, event))
+}
+
+fn receive_span_of(
+    tracer: &Arc<Tracer>,
+    system: &'static str,
+    source: &str,
+    event: &switchyard_schemas::CloudEvent,
+) -> Span {
     use switchyard_schemas::ExtensionValue;
-    // A root, whatever span the caller runs in (a source's forwarding task has a span for its whole
-    // life): every message starts its own trace unless its `traceparent` names one.
-    let span = tracing::debug_span!(
-        target: "switchyard::receive",
-        parent: None,
-        "receive",
-        otel.name = %format_args!("{source} receive"),
-        otel.kind = if system == "http" { "server" } else { "consumer" },
-        messaging.system = system,
-        messaging.destination.name = source,
-        messaging.operation.type = "receive",
-        messaging.message.id = event.id.as_str(),
-        cloudevents.event_id = event.id.as_str(),
-        cloudevents.event_source = event.source.as_str(),
-        cloudevents.event_type = event.ty.as_str(),
-    );
+    // A root, whatever the source's task is doing: every message starts its own trace unless its
+    // `traceparent` names one.
+    let kind = if system == "http" { SpanKind::Server } else { SpanKind::Consumer };
+    let mut span = tracer.root("receive", kind);
     if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
         let state = match event.extensions.get("tracestate") {
             Some(ExtensionValue::String(s)) => Some(s.as_str()),
             _ => None,
         };
-        if !span.is_disabled() {
-            let parent = remote_parent(tp, state);
-            switchyard_dispatcher::spans::set_remote_parent(&span, parent.span().span_context());
-        }
+        span.set_remote_parent(remote_parent(tp, state).span().span_context());
     }
+    span.fill(|f| {
+        let id: Arc<str> = Arc::from(event.id.as_str());
+        f.name(format!("{source} receive"))
+            .attr("messaging.system", system)
+            .attr("messaging.destination.name", source.to_owned())
+            .attr("messaging.operation.type", "receive")
+            .attr("messaging.message.id", Arc::clone(&id))
+            .attr("cloudevents.event_id", id)
+            .attr("cloudevents.event_source", event.source.clone())
+            .attr("cloudevents.event_type", event.ty.clone());
+    });
     span
 }
 
@@ -293,38 +287,38 @@ mod tests {
 
     use opentelemetry::trace::{TraceContextExt as _, TraceId};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor};
-    use switchyard_dispatcher::spans::context_of;
 
     #[test]
-    fn spans_of_the_installed_subscriber_have_trace_contexts() {
-        // The same subscriber `init` installs, with logs at `info`: the export layer sees the `debug`
-        // spans, and their contexts (record trace ids, the function's traceparent) can be read.
+    fn the_receive_span_continues_the_message_trace() {
         let exporter = InMemorySpanExporter::default();
         let export = super::Export {
             timeout: std::time::Duration::from_secs(1),
             processor: Arc::new(SimpleSpanProcessor::new(exporter.clone())),
             sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         };
-        let filter = tracing_subscriber::EnvFilter::new("info");
-        let subscriber = super::subscriber(super::LogFormat::Json, filter, Some(&export), std::io::sink);
+        let tracer = Arc::new(export.tracer());
         let event: switchyard_schemas::CloudEvent = serde_json::from_value(serde_json::json!({
             "specversion": "1.0", "id": "e-1", "source": "/t", "type": "t",
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         }))
         .unwrap();
-        tracing::subscriber::with_default(subscriber, || {
-            let receive = super::receive_span("nats", "bus", &event);
-            let cx = context_of(&receive).expect("the receive span is exported");
-            assert_eq!(cx.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
-            let route = receive.in_scope(|| tracing::debug_span!(target: "switchyard::test", "route"));
-            assert_eq!(context_of(&route).map(|c| c.trace_id()), Some(cx.trace_id()), "a child is in the trace");
-            let log_only = tracing::info_span!(target: "other", "not exported");
-            assert!(context_of(&log_only).is_none());
-        });
+        let receive = super::receive_span_of(&tracer, "nats", "bus", &event);
+        let cx = receive.context().cloned().expect("the receive span is exported");
+        assert_eq!(cx.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+        let route = receive.child("route", opentelemetry::trace::SpanKind::Internal);
+        assert_eq!(route.context().map(|c| c.trace_id()), Some(cx.trace_id()), "a child is in the trace");
+        drop((route, receive));
         let spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 2, "receive and route are exported");
+        let receive = spans.iter().find(|s| s.name == "bus receive").expect("the receive span is named");
+        assert_eq!(receive.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(receive.parent_span_is_remote);
+        let attr = |k: &str| receive.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
+        assert_eq!(attr("messaging.system").as_deref(), Some("nats"));
+        assert_eq!(attr("cloudevents.event_id").as_deref(), Some("e-1"));
         let remote = super::remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
         assert!(remote.span().span_context().is_remote());
+        assert!(super::receive_span("nats", "bus", &event).context().is_none(), "no tracer installed: no span");
     }
 
     #[test]

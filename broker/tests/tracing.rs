@@ -2,17 +2,16 @@
 //! `traceparent` (HTTP header, NATS header) produces receive -> route -> invoke attempt(s) and record
 //! write spans in that trace; the HTTP function gets a `traceparent` naming its attempt's span; the
 //! record stores the same trace id, also when the message carried none (the trace starts at receive).
-//! One test per binary: it installs the global subscriber.
+//! One test per binary: it installs the process's span tracer.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{broker, function_server};
-use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor, SpanData};
 use switchyard_dispatcher::records::RecordQuery;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 fn named<'a>(spans: &'a [SpanData], trace: TraceId, name: &str) -> Vec<&'a SpanData> {
     spans.iter().filter(|s| s.span_context.trace_id() == trace && s.name == name).collect()
@@ -31,8 +30,7 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
         sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
     };
     let provider = std::sync::Arc::clone(&export.processor);
-    let subscriber = tracing_subscriber::registry().with(switchyard_broker::telemetry::otel_layer(&export));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    switchyard_dispatcher::spans::install(export.tracer()).unwrap();
 
     let fs = function_server().await;
     let subject = format!("sy.trace.{}", uuid::Uuid::new_v4().simple());
@@ -79,6 +77,8 @@ async fn a_traceparent_continues_from_message_to_function_and_record() {
         assert_eq!(a.span_kind, SpanKind::Client);
         assert_eq!(attr(a, "faas.invoked_name").as_deref(), Some("f"));
     }
+    let failed: Vec<_> = attempts.iter().filter(|a| matches!(a.status, Status::Error { .. })).collect();
+    assert_eq!(failed.len(), 1, "the failed attempt's span says so");
     let writes = named(&spans, trace, "record write");
     assert_eq!(writes.len(), 1);
     assert_eq!(writes[0].parent_span_id, route[0].span_context.span_id());

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
+use opentelemetry::trace::SpanKind;
 use serde::Serialize;
 use switchyard_connectors::dead_letter::{dead_letter_event, DeadLetterInfo, DeadLetterPublisher};
 use switchyard_connectors::{Delivery, Outcome};
@@ -26,6 +27,7 @@ use crate::metrics::{self, Metrics};
 use crate::records::{RecordStore, RecordWriter, WriteError};
 use crate::router;
 use crate::runtime::{self, DeployError, Invocation, InvokeError, Progress, Response, Runtime};
+use crate::spans::Span;
 use crate::stack::{self, FunctionService};
 
 /// Why an event was not taken.
@@ -109,7 +111,7 @@ struct Part<'a> {
     /// The delivery's place in the trigger's ordered lane, held until the invocation has returned.
     turn: Option<Turn>,
     /// The delivery's route span: the parent of the invocation's spans.
-    span: &'a tracing::Span,
+    span: &'a Span,
 }
 
 /// How one invocation is made: through which trigger, with which policy, and where it dead-letters.
@@ -123,11 +125,11 @@ struct RunSpec<'a> {
     /// for a records batch.
     turn: Option<Turn>,
     /// The span the invocation's attempt and record-write spans are children of.
-    parent: &'a tracing::Span,
+    parent: &'a Span,
 }
 
 impl<'a> RunSpec<'a> {
-    fn of(trigger: &'a TriggerConfig, parent: &'a tracing::Span) -> Self {
+    fn of(trigger: &'a TriggerConfig, parent: &'a Span) -> Self {
         Self {
             trigger: &trigger.name,
             policy: &trigger.delivery,
@@ -344,6 +346,15 @@ impl Dispatcher {
     /// # Errors
     /// [`DispatchError::Saturated`] naming the full function, or `ShuttingDown`.
     pub fn try_dispatch(&self, delivery: Delivery) -> Result<(), DispatchError> {
+        self.try_dispatch_traced(delivery, Span::none())
+    }
+
+    /// [`Dispatcher::try_dispatch`], with the message's receive span: the parent of the delivery's
+    /// route span (see `crate::spans`).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::try_dispatch`].
+    pub fn try_dispatch_traced(&self, delivery: Delivery, receive: Span) -> Result<(), DispatchError> {
         if self.is_closing() {
             return Err(DispatchError::ShuttingDown);
         }
@@ -361,7 +372,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.spawn_delivery(delivery, matched, permits);
+        self.spawn_delivery(delivery, matched, permits, &receive);
         Ok(())
     }
 
@@ -370,6 +381,15 @@ impl Dispatcher {
     /// # Errors
     /// `ShuttingDown`.
     pub async fn dispatch(&self, delivery: Delivery) -> Result<(), DispatchError> {
+        self.dispatch_traced(delivery, Span::none()).await
+    }
+
+    /// [`Dispatcher::dispatch`], with the message's receive span: the parent of the delivery's route
+    /// span (see `crate::spans`).
+    ///
+    /// # Errors
+    /// `ShuttingDown`.
+    pub async fn dispatch_traced(&self, delivery: Delivery, receive: Span) -> Result<(), DispatchError> {
         if self.is_closing() {
             return Err(DispatchError::ShuttingDown);
         }
@@ -382,11 +402,17 @@ impl Dispatcher {
             };
             permits.push(permit);
         }
-        self.spawn_delivery(delivery, matched, permits);
+        self.spawn_delivery(delivery, matched, permits, &receive);
         Ok(())
     }
 
-    fn spawn_delivery(&self, mut delivery: Delivery, matched: Matched, permits: Vec<OwnedSemaphorePermit>) {
+    fn spawn_delivery(
+        &self,
+        mut delivery: Delivery,
+        matched: Matched,
+        permits: Vec<OwnedSemaphorePermit>,
+        receive: &Span,
+    ) {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         if matched.is_empty() {
             self.inner.stats.unmatched.fetch_add(1, Ordering::Relaxed);
@@ -397,12 +423,14 @@ impl Dispatcher {
         }
         self.inner.metrics.events_routed.inc();
         let this = self.clone();
-        let span = tracing::debug_span!(
-            "delivery",
-            otel.name = "route",
-            event_type = delivery.event.ty.as_str(),
-            triggers = matched.len()
-        );
+        let mut span = match receive.context() {
+            Some(_) => receive.child("route", SpanKind::Internal),
+            None => Span::root("route", SpanKind::Internal),
+        };
+        span.fill(|f| {
+            f.attr("event_type", delivery.event.ty.clone())
+                .attr("triggers", i64::try_from(matched.len()).unwrap_or(i64::MAX));
+        });
         // Places in the triggers' ordered lanes are taken now, in the order deliveries arrive.
         let turns: Vec<Option<Turn>> = match &delivery.order {
             Some(order) => matched
@@ -549,7 +577,10 @@ impl Dispatcher {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         let policy = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
-        let span = tracing::debug_span!("invoke", function = %function, event_id = %event.id);
+        let mut span = Span::root("invoke", SpanKind::Internal);
+        span.fill(|f| {
+            f.attr("function", function.to_owned()).attr("event_id", event.id.clone());
+        });
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(async move {
             let spec = RunSpec {
@@ -601,7 +632,10 @@ impl Dispatcher {
         let this = self.clone();
         let original_id = original.id;
         let original_trigger = original.trigger.clone();
-        let span = tracing::debug_span!("replay", record = %original_id, function = %entry.config.name);
+        let mut span = Span::root("replay", SpanKind::Internal);
+        span.fill(|f| {
+            f.attr("record", original_id.to_string()).attr("function", entry.config.name.clone());
+        });
         let handle = self.inner.tracker.spawn(async move {
             let direct = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
             let spec = match &trigger {
@@ -676,7 +710,7 @@ impl Dispatcher {
             deadline: None,
             traceparent: format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1),
             progress: Arc::clone(&progress),
-            parent_span: parent.clone(),
+            parent: parent.parent(),
         };
         let svc = stack::with_retry(function.service.clone(), policy);
         let call = svc.oneshot(invocation);
@@ -731,7 +765,10 @@ impl Dispatcher {
                 Box::pin(self.send_dead_letter(sink, &event, &mut record)).await;
             }
         }
-        let span = tracing::debug_span!(parent: parent, "record", otel.name = "record write", record_id = %record.id, status = record.status.as_str());
+        let mut span = parent.child("record", SpanKind::Internal);
+        span.fill(|f| {
+            f.name("record write").attr("record_id", record.id.to_string()).attr("status", record.status.as_str());
+        });
         let written = self.inner.writer.write(record).await;
         drop(span); // the record is durable (or could not be made so)
         let record = written?;
@@ -796,7 +833,7 @@ impl Dispatcher {
         trigger: &str,
         event: &CloudEvent,
         received_at: chrono::DateTime<Utc>,
-        span: &tracing::Span,
+        span: &Span,
     ) -> EventRecord {
         let json = event.to_json_vec();
         let request = Captured::new(&json, self.inner.records.capture_bytes);
@@ -842,7 +879,7 @@ impl Dispatcher {
         trigger: &TriggerConfig,
         event: Arc<CloudEvent>,
         received_at: chrono::DateTime<Utc>,
-        span: &tracing::Span,
+        span: &Span,
         why: NotRun,
     ) -> Result<InvokeResult, DispatchError> {
         let (reason, undecodable) = match why {
@@ -1128,7 +1165,7 @@ enum NotRun {
 /// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), else
 /// the trace of `span` (the span the invocation runs under: a delivery's route span, or the `invoke`
 /// or `replay` span) when spans are exported, else a new random one.
-fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
+fn trace_id_of(event: &CloudEvent, span: &Span) -> String {
     if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
         let parts: Vec<&str> = tp.split('-').collect();
         if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1140,7 +1177,7 @@ fn trace_id_of(event: &CloudEvent, span: &tracing::Span) -> String {
     }
     // No traceparent: that span's trace, so the record and the exported spans share one id. The span
     // is passed, not taken from `Span::current()`: the tasks that run invocations do not enter it.
-    if let Some(cx) = crate::spans::context_of(span) {
+    if let Some(cx) = span.context() {
         return cx.trace_id().to_string();
     }
     format!("{:032x}", rand::random::<u128>() | 1)
@@ -1157,8 +1194,8 @@ mod tests {
             "traceparent".to_owned(),
             ExtensionValue::String("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".to_owned()),
         );
-        assert_eq!(trace_id_of(&e, &tracing::Span::none()), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let fresh = trace_id_of(&CloudEvent::new("1", "/s", "t"), &tracing::Span::none());
+        assert_eq!(trace_id_of(&e, &Span::none()), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let fresh = trace_id_of(&CloudEvent::new("1", "/s", "t"), &Span::none());
         assert_eq!(fresh.len(), 32);
     }
 }

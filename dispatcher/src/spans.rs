@@ -1,26 +1,27 @@
-//! Span export: a `tracing` layer that turns Switchyard's own spans into OpenTelemetry spans and hands
-//! each finished one to an OpenTelemetry SDK span processor (the batch processor and the OTLP exporter
-//! in `serve`, an in-memory exporter in tests).
+//! Span export: the spans of each message's trace (receive, route, invoke attempt, record write),
+//! built directly as OpenTelemetry [`SpanData`] and handed to an OpenTelemetry SDK span processor when
+//! they end (the batch processor and Switchyard's OTLP exporter in `serve`, an in-memory exporter in
+//! tests).
 //!
-//! Why not `tracing-opentelemetry`: it keeps an SDK span builder per open span and runs it through the
-//! SDK tracer when the span closes. Counted with callgrind on the trace-export bench's path, that cost
-//! the tokio workers about 41,000 instructions per event (four spans); this layer, about 26,000. It keeps
-//! one small record per open span (ids, start time, name, kind and the attributes named where the span
-//! is opened) and builds the exported span from it once, when the span closes.
+//! Why not `tracing` spans (through `tracing-opentelemetry`, or a `tracing` layer of our own, as until
+//! session 12): every `tracing` span goes through `tracing-subscriber`'s registry (a slab slot, an
+//! extension map, reference counts, per-layer filter state) and has its fields recorded through a
+//! visitor. Counted with callgrind on the trace-export bench's path, that was about 26,000 instructions
+//! per event on the tokio workers with export on, over 15% of the path's CPU. A [`Span`] here is one
+//! boxed record that is turned into `SpanData` when it is dropped; with export off it is `None` and
+//! costs nothing (see BENCHMARKS.md, "Trace export cost").
 //!
-//! What it reads from a span's fields:
+//! A span's parent is the span it is made from ([`Span::child`], [`Parent::child`]), else the remote
+//! context given with [`Span::set_remote_parent`] (a message's `traceparent`), else none: a new trace,
+//! sampled by the configured sampler. Children follow their parent's sampling decision. A span that is
+//! not sampled still has ids (they are propagated to the function and stored in the record), but its
+//! name and attributes are never filled in and it is not exported.
 //!
-//! - `otel.name`: the span's name (else the `tracing` name);
-//! - `otel.kind`: `server`, `client`, `producer`, `consumer` or `internal` (the default);
-//! - `otel.status_code` (`ok` or `error`) and `otel.status_message`: the span's status;
-//! - every other field: an attribute of the same name.
-//!
-//! A span's parent is its `tracing` parent (explicit or contextual) when that span is exported too, else
-//! the remote context given with [`set_remote_parent`] (a message's `traceparent`), else none: a new
-//! trace, sampled by the configured sampler. Children follow their parent's sampling decision.
+//! `tracing` stays the log pipeline: its spans (sources, the records writer) give logs their context
+//! and are not exported.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
@@ -28,15 +29,65 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::trace::{Sampler, ShouldSample as _, SpanData, SpanEvents, SpanLinks, SpanProcessor};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::Subscriber;
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
 
-/// What the layer keeps of an open span.
+/// Where finished spans go, and how new traces are sampled.
+pub struct Tracer {
+    processor: Arc<dyn SpanProcessor>,
+    sampler: Sampler,
+    scope: InstrumentationScope,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("sampler", &self.sampler).finish_non_exhaustive()
+    }
+}
+
+static INSTALLED: OnceLock<Arc<Tracer>> = OnceLock::new();
+
+/// Makes `tracer` the process's: spans made with [`Span::root`] are exported through it from now on.
+/// Once per process (`serve` calls it at start when export is configured).
+///
+/// # Errors
+/// When a tracer is already installed.
+pub fn install(tracer: Tracer) -> Result<(), &'static str> {
+    INSTALLED.set(Arc::new(tracer)).map_err(|_| "a span tracer is already installed")
+}
+
+/// The installed tracer; `None` when export is off.
+pub fn installed() -> Option<&'static Arc<Tracer>> {
+    INSTALLED.get()
+}
+
+impl Tracer {
+    /// Spans go to `processor` once they end; `sampler` decides for each new trace.
+    pub fn new(processor: Arc<dyn SpanProcessor>, sampler: Sampler) -> Self {
+        Self { processor, sampler, scope: InstrumentationScope::builder("switchyard").build() }
+    }
+
+    /// A new span starting a new trace, sampled by the tracer's sampler.
+    pub fn root(self: &Arc<Self>, name: &'static str, kind: SpanKind) -> Span {
+        let trace_id = TraceId::from(rand::random::<u128>().max(1));
+        let sampled = self.sampler.should_sample(None, trace_id, name, &kind, &[], &[]).decision
+            == SamplingDecision::RecordAndSample;
+        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        Span::open(
+            Arc::clone(self),
+            SpanContext::new(trace_id, new_span_id(), flags, false, TraceState::NONE),
+            SpanId::INVALID,
+            name,
+            kind,
+        )
+    }
+}
+
+fn new_span_id() -> SpanId {
+    SpanId::from(rand::random::<u64>().max(1))
+}
+
+/// What is kept of an open span.
 struct Open {
+    tracer: Arc<Tracer>,
     context: SpanContext,
     parent: SpanId,
     parent_is_remote: bool,
@@ -45,205 +96,190 @@ struct Open {
     status: Status,
     start: SystemTime,
     attributes: Vec<KeyValue>,
-    /// For a root under a sampler that is not parent-based: that sampler, which also decides when a
-    /// remote parent is set later ([`set_remote_parent`]). `None` otherwise: the parent decides.
-    sampler: Option<Arc<Sampler>>,
 }
 
-/// The layer: install it with a filter that passes the spans to export (see `telemetry::otel_layer`).
-pub struct ExportLayer {
-    processor: Arc<dyn SpanProcessor>,
-    sampler: Arc<Sampler>,
-    scope: InstrumentationScope,
-}
+/// One span of a message's trace; exported when dropped (if sampled). [`Span::none`] (export off) is
+/// inert: every method on it does nothing.
+#[derive(Default)]
+pub struct Span(Option<Box<Open>>);
 
-impl std::fmt::Debug for ExportLayer {
+impl std::fmt::Debug for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportLayer").field("sampler", &self.sampler).finish_non_exhaustive()
+        match &self.0 {
+            Some(o) => f.debug_struct("Span").field("name", &o.name).field("context", &o.context).finish(),
+            None => f.write_str("Span(none)"),
+        }
     }
 }
 
-impl ExportLayer {
-    /// Spans go to `processor` once they close; `sampler` decides for each new trace.
-    pub fn new(processor: Arc<dyn SpanProcessor>, sampler: Sampler) -> Self {
-        Self { processor, sampler: Arc::new(sampler), scope: InstrumentationScope::builder("switchyard").build() }
+impl Span {
+    /// A span that is not exported.
+    pub const fn none() -> Self {
+        Self(None)
     }
 
-    fn root(&self, name: &str, kind: &SpanKind) -> (TraceId, TraceFlags) {
-        let trace_id = TraceId::from(rand::random::<u128>().max(1));
-        let sampled = self.sampler.should_sample(None, trace_id, name, kind, &[], &[]).decision
-            == SamplingDecision::RecordAndSample;
-        (trace_id, if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() })
+    /// A new trace's first span through the installed tracer; [`Span::none`] when export is off.
+    pub fn root(name: &'static str, kind: SpanKind) -> Self {
+        installed().map_or(Self(None), |t| t.root(name, kind))
     }
-}
 
-fn new_span_id() -> SpanId {
-    SpanId::from(rand::random::<u64>().max(1))
-}
-
-impl<S> Layer<S> for ExportLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let meta = attrs.metadata();
-        let mut open = Open {
-            context: SpanContext::NONE,
-            parent: SpanId::INVALID,
+    fn open(tracer: Arc<Tracer>, context: SpanContext, parent: SpanId, name: &'static str, kind: SpanKind) -> Self {
+        Self(Some(Box::new(Open {
+            tracer,
+            context,
+            parent,
             parent_is_remote: false,
-            name: Cow::Borrowed(meta.name()),
-            kind: SpanKind::Internal,
+            name: Cow::Borrowed(name),
+            kind,
             status: Status::Unset,
             start: SystemTime::now(),
-            attributes: Vec::with_capacity(attrs.fields().len()),
-            sampler: None,
-        };
-        attrs.record(&mut Fields { open: &mut open, recorded: false });
-        let parent = span.parent().and_then(|p| p.extensions().get::<Open>().map(|o| o.context.clone()));
-        let (trace_id, flags, state) = match parent {
-            Some(p) => {
-                open.parent = p.span_id();
-                (p.trace_id(), p.trace_flags(), p.trace_state().clone())
-            }
-            None => {
-                let (t, f) = self.root(&open.name, &open.kind);
-                if !matches!(*self.sampler, Sampler::ParentBased(_)) {
-                    open.sampler = Some(Arc::clone(&self.sampler));
-                }
-                (t, f, TraceState::NONE)
-            }
-        };
-        open.context = SpanContext::new(trace_id, new_span_id(), flags, false, state);
-        span.extensions_mut().insert(open);
+            attributes: Vec::new(),
+        })))
     }
 
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut ext = span.extensions_mut();
-        if let Some(open) = ext.get_mut::<Open>() {
-            values.record(&mut Fields { open, recorded: true });
+    /// A child of this span (in its trace, with its sampling decision); none when this one is none.
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> Self {
+        self.parent().child(name, kind)
+    }
+
+    /// A handle to make children of this span with, from another task or after this span has ended.
+    pub fn parent(&self) -> Parent {
+        Parent(self.0.as_ref().map(|o| (Arc::clone(&o.tracer), o.context.clone())))
+    }
+
+    /// This span's context (trace id, span id, sampled flag); `None` when it is not exported.
+    pub fn context(&self) -> Option<&SpanContext> {
+        self.0.as_ref().map(|o| &o.context)
+    }
+
+    /// Whether the span will be exported: name, attributes and status are worth filling in.
+    pub fn is_sampled(&self) -> bool {
+        self.0.as_ref().is_some_and(|o| o.context.is_sampled())
+    }
+
+    /// Runs `f` to name the span and add its attributes and status, only when it is sampled: with
+    /// export off or for a trace that is not sampled, nothing is built.
+    pub fn fill(&mut self, f: impl FnOnce(&mut Fill<'_>)) {
+        if let Some(open) = self.0.as_deref_mut().filter(|o| o.context.is_sampled()) {
+            f(&mut Fill(open));
         }
     }
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(open) = span.extensions_mut().remove::<Open>() else { return };
+    /// Makes `parent` (a context carried by a message, remote to this process) the parent of this span,
+    /// which must have no children yet: the span joins that trace. Whether it is sampled is the
+    /// parent's decision under a parent-based sampler (the default), else the tracer's sampler's, for
+    /// that trace.
+    pub fn set_remote_parent(&mut self, parent: &SpanContext) {
+        let Some(open) = self.0.as_deref_mut() else { return };
+        if !parent.is_valid() {
+            return;
+        }
+        let flags = match &open.tracer.sampler {
+            Sampler::ParentBased(_) => parent.trace_flags(),
+            sampler => {
+                let cx = opentelemetry::Context::new().with_remote_span_context(parent.clone());
+                let decision = sampler.should_sample(Some(&cx), parent.trace_id(), &open.name, &open.kind, &[], &[]);
+                if decision.decision == SamplingDecision::RecordAndSample {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                }
+            }
+        };
+        open.context =
+            SpanContext::new(parent.trace_id(), open.context.span_id(), flags, false, parent.trace_state().clone());
+        open.parent = parent.span_id();
+        open.parent_is_remote = true;
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let Some(open) = self.0.take() else { return };
         if !open.context.is_sampled() {
             return;
         }
-        self.processor.on_end(SpanData {
-            span_context: open.context,
-            parent_span_id: open.parent,
-            parent_span_is_remote: open.parent_is_remote,
-            span_kind: open.kind,
-            name: open.name,
-            start_time: open.start,
+        let Open { tracer, context, parent, parent_is_remote, name, kind, status, start, attributes } = *open;
+        tracer.processor.on_end(SpanData {
+            span_context: context,
+            parent_span_id: parent,
+            parent_span_is_remote: parent_is_remote,
+            span_kind: kind,
+            name,
+            start_time: start,
             end_time: SystemTime::now(),
-            attributes: open.attributes,
+            attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
-            status: open.status,
-            instrumentation_scope: self.scope.clone(),
+            status,
+            instrumentation_scope: tracer.scope.clone(),
         });
     }
 }
 
-/// Records a span's fields into its [`Open`] record: those named where the span is opened (each
-/// once), or values recorded later (`recorded`), which replace an earlier value of the same field.
-struct Fields<'a> {
-    open: &'a mut Open,
-    recorded: bool,
+/// A span's tracer and context, to make children of it with ([`Span::parent`]); cheap to clone.
+/// `Parent::default()` makes no spans.
+#[derive(Clone, Default)]
+pub struct Parent(Option<(Arc<Tracer>, SpanContext)>);
+
+impl std::fmt::Debug for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Parent").field(&self.context()).finish()
+    }
 }
 
-impl Fields<'_> {
-    fn text(&mut self, field: &Field, value: Cow<'_, str>) {
-        let name = field.name();
-        if !name.starts_with("otel.") {
-            return self.attribute(name, Value::from(value.into_owned()));
-        }
-        match name {
-            "otel.name" => self.open.name = Cow::Owned(value.into_owned()),
-            "otel.kind" => {
-                self.open.kind = match value.as_ref() {
-                    "server" => SpanKind::Server,
-                    "client" => SpanKind::Client,
-                    "producer" => SpanKind::Producer,
-                    "consumer" => SpanKind::Consumer,
-                    _ => SpanKind::Internal,
-                }
-            }
-            "otel.status_code" => {
-                self.open.status = match value.as_ref() {
-                    "ok" | "OK" | "Ok" => Status::Ok,
-                    "error" | "ERROR" | "Error" => Status::error(""),
-                    _ => Status::Unset,
-                }
-            }
-            "otel.status_message" => {
-                if matches!(self.open.status, Status::Error { .. }) {
-                    self.open.status = Status::error(value.into_owned());
-                }
-            }
-            name => self.attribute(name, Value::from(value.into_owned())),
+impl Parent {
+    /// A child span (in the parent's trace, with its sampling decision); none when there is no parent.
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> Span {
+        match &self.0 {
+            Some((tracer, cx)) => Span::open(
+                Arc::clone(tracer),
+                SpanContext::new(cx.trace_id(), new_span_id(), cx.trace_flags(), false, cx.trace_state().clone()),
+                cx.span_id(),
+                name,
+                kind,
+            ),
+            None => Span::none(),
         }
     }
 
-    fn attribute(&mut self, name: &'static str, value: Value) {
-        let key = Key::from_static_str(name);
-        let earlier = if self.recorded { self.open.attributes.iter_mut().find(|kv| kv.key == key) } else { None };
-        match earlier {
+    /// The parent's context; `None` when spans are not exported.
+    pub fn context(&self) -> Option<&SpanContext> {
+        self.0.as_ref().map(|(_, cx)| cx)
+    }
+}
+
+/// A sampled span being filled in ([`Span::fill`]).
+pub struct Fill<'a>(&'a mut Open);
+
+impl Fill<'_> {
+    /// Names the span (else it keeps the name it was made with).
+    pub fn name(&mut self, name: impl Into<Cow<'static, str>>) -> &mut Self {
+        self.0.name = name.into();
+        self
+    }
+
+    /// Sets attribute `key`, replacing an earlier value.
+    pub fn attr(&mut self, key: &'static str, value: impl Into<Value>) -> &mut Self {
+        let key = Key::from_static_str(key);
+        let value = value.into();
+        let attributes = &mut self.0.attributes;
+        if attributes.capacity() == 0 {
+            attributes.reserve_exact(8); // the most any of Switchyard's spans has
+        }
+        match attributes.iter_mut().find(|kv| kv.key == key) {
             Some(kv) => kv.value = value,
-            None => self.open.attributes.push(KeyValue::new(key, value)),
+            None => attributes.push(KeyValue::new(key, value)),
         }
-    }
-}
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, Cow::Borrowed(value));
+        self
     }
 
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.attribute(field.name(), Value::Bool(value));
+    /// Sets the span's status.
+    pub fn status(&mut self, status: Status) -> &mut Self {
+        self.0.status = status;
+        self
     }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.attribute(field.name(), Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(v) => self.attribute(field.name(), Value::I64(v)),
-            Err(_) => self.attribute(field.name(), Value::from(value.to_string())),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.attribute(field.name(), Value::F64(value));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.text(field, Cow::Owned(format!("{value:?}")));
-    }
-}
-
-/// Runs `f` on the layer's record of `span`; `None` when export is off or the span is not exported.
-fn with_open<R>(span: &tracing::Span, f: impl FnOnce(&mut Open) -> R) -> Option<R> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let data = registry.span(id)?;
-        let mut ext = data.extensions_mut();
-        ext.get_mut::<Open>().map(f)
-    })
-    .flatten()
-}
-
-/// The OpenTelemetry context of `span` (its trace id, its own span id and the sampled flag) when it is
-/// exported; `None` when export is off or the span is not one of the exported ones.
-pub fn context_of(span: &tracing::Span) -> Option<SpanContext> {
-    with_open(span, |open| open.context.clone())
 }
 
 /// The W3C `traceparent` header that names `cx` (`00-<trace id>-<span id>-<flags>`), written
@@ -266,47 +302,20 @@ pub fn traceparent(cx: &SpanContext) -> String {
     out
 }
 
-/// Makes `parent` (a context carried by a message, remote to this process) the parent of `span`, which
-/// must have no children yet: the span joins that trace. Whether it is sampled is the parent's
-/// decision under a parent-based sampler (the default), else the configured sampler's, for that trace.
-pub fn set_remote_parent(span: &tracing::Span, parent: &SpanContext) {
-    if !parent.is_valid() {
-        return;
-    }
-    with_open(span, |open| {
-        let flags = match &open.sampler {
-            None => parent.trace_flags(),
-            Some(sampler) => {
-                let cx = opentelemetry::Context::new().with_remote_span_context(parent.clone());
-                let decision =
-                    sampler.should_sample(Some(&cx), parent.trace_id(), &open.name, &open.kind, &open.attributes, &[]);
-                if decision.decision == SamplingDecision::RecordAndSample {
-                    TraceFlags::SAMPLED
-                } else {
-                    TraceFlags::default()
-                }
-            }
-        };
-        open.context =
-            SpanContext::new(parent.trace_id(), open.context.span_id(), flags, false, parent.trace_state().clone());
-        open.parent = parent.span_id();
-        open.parent_is_remote = true;
-    });
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor, SpanData};
-    use tracing_subscriber::layer::SubscriberExt as _;
 
-    use super::{context_of, set_remote_parent, traceparent, ExportLayer};
+    use super::{traceparent, Parent, Span, Tracer};
 
-    /// Runs `f` under a subscriber exporting through `sampler` into memory; returns the spans.
-    fn exported(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanData> {
+    /// Runs `f` with a tracer exporting through `sampler` into memory; returns the spans.
+    fn exported(sampler: Sampler, f: impl FnOnce(&Arc<Tracer>)) -> Vec<SpanData> {
         let exporter = InMemorySpanExporter::default();
-        let layer = ExportLayer::new(std::sync::Arc::new(SimpleSpanProcessor::new(exporter.clone())), sampler);
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f);
+        let tracer = Arc::new(Tracer::new(Arc::new(SimpleSpanProcessor::new(exporter.clone())), sampler));
+        f(&tracer);
         exporter.get_finished_spans().unwrap()
     }
 
@@ -315,48 +324,64 @@ mod tests {
     }
 
     #[test]
-    fn names_kinds_attributes_and_parents_come_from_the_fields() {
-        let spans = exported(Sampler::AlwaysOn, || {
-            let root = tracing::info_span!("receive", otel.name = %format_args!("{} receive", "bus"), otel.kind = "consumer", messaging.system = "nats", count = 3u64);
-            let child = tracing::info_span!(parent: &root, "attempt", otel.kind = "client", attempt = 2u32, ok = true);
+    fn names_kinds_attributes_and_parents() {
+        let spans = exported(Sampler::AlwaysOn, |t| {
+            let mut root = t.root("receive", SpanKind::Consumer);
+            root.fill(|f| {
+                f.name(format!("{} receive", "bus")).attr("messaging.system", "nats").attr("count", 3i64);
+            });
+            let mut child = root.child("attempt", SpanKind::Client);
+            child.fill(|f| {
+                f.attr("attempt", 2i64).attr("ok", true);
+            });
             drop(child);
             drop(root);
         });
         assert_eq!(spans.len(), 2);
         let (child, root) = (&spans[0], &spans[1]);
-        assert_eq!(root.name, "bus receive", "otel.name names the span");
+        assert_eq!(root.name, "bus receive", "fill names the span");
         assert_eq!(root.span_kind, SpanKind::Consumer);
         assert_eq!(attr(root, "messaging.system").as_deref(), Some("nats"));
         assert_eq!(attr(root, "count").as_deref(), Some("3"));
-        assert!(
-            attr(root, "otel.name").is_none() && attr(root, "otel.kind").is_none(),
-            "otel.* fields are not attributes"
-        );
         assert_eq!(root.parent_span_id, SpanId::INVALID, "a root starts a trace");
+        assert_eq!(root.instrumentation_scope.name(), "switchyard");
         assert_eq!(child.name, "attempt");
         assert_eq!(child.span_kind, SpanKind::Client);
         assert_eq!(attr(child, "attempt").as_deref(), Some("2"));
         assert_eq!(attr(child, "ok").as_deref(), Some("true"));
         assert_eq!(child.span_context.trace_id(), root.span_context.trace_id());
         assert_eq!(child.parent_span_id, root.span_context.span_id());
+        assert_ne!(child.span_context.span_id(), root.span_context.span_id());
         assert!(child.start_time <= child.end_time && root.start_time <= child.start_time);
     }
 
     #[test]
-    fn recorded_fields_and_status_are_kept() {
-        let spans = exported(Sampler::AlwaysOn, || {
-            let span = tracing::info_span!(
-                "record",
-                status = "PENDING",
-                otel.status_code = tracing::field::Empty,
-                otel.status_message = tracing::field::Empty
-            );
-            span.record("status", "SUCCESS");
-            span.record("otel.status_code", "error");
-            span.record("otel.status_message", "function returned 500");
+    fn later_values_replace_earlier_ones_and_status_is_kept() {
+        let spans = exported(Sampler::AlwaysOn, |t| {
+            let mut span = t.root("record", SpanKind::Internal);
+            span.fill(|f| {
+                f.attr("status", "PENDING");
+            });
+            span.fill(|f| {
+                f.attr("status", "SUCCESS").status(Status::error("function returned 500"));
+            });
         });
-        assert_eq!(attr(&spans[0], "status").as_deref(), Some("SUCCESS"), "a later record replaces the value");
+        assert_eq!(spans[0].attributes.len(), 1);
+        assert_eq!(attr(&spans[0], "status").as_deref(), Some("SUCCESS"), "a later value replaces the first");
         assert_eq!(spans[0].status, Status::error("function returned 500"));
+    }
+
+    #[test]
+    fn a_parent_handle_outlives_its_span() {
+        let spans = exported(Sampler::AlwaysOn, |t| {
+            let route = t.root("route", SpanKind::Internal);
+            let parent = route.parent();
+            drop(route);
+            drop(parent.child("attempt", SpanKind::Client));
+        });
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[1].parent_span_id, spans[0].span_context.span_id());
+        assert!(Parent::default().child("attempt", SpanKind::Client).context().is_none());
     }
 
     #[test]
@@ -364,12 +389,12 @@ mod tests {
         let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         let caller = SpanId::from_hex("00f067aa0ba902b7").unwrap();
         let mut seen = None;
-        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), |t| {
             let sampled = SpanContext::new(trace, caller, TraceFlags::SAMPLED, true, TraceState::NONE);
-            let span = tracing::info_span!("receive");
-            set_remote_parent(&span, &sampled);
-            let child = tracing::info_span!(parent: &span, "route");
-            seen = context_of(&child);
+            let mut span = t.root("receive", SpanKind::Consumer);
+            span.set_remote_parent(&sampled);
+            let child = span.child("route", SpanKind::Internal);
+            seen = child.context().cloned();
         });
         assert_eq!(spans.len(), 2, "the caller sampled the trace: both spans are exported despite AlwaysOff");
         let receive = spans.iter().find(|s| s.name == "receive").unwrap();
@@ -381,13 +406,16 @@ mod tests {
         assert!(seen.is_sampled());
 
         let mut unsampled = None;
-        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
+        let mut filled = false;
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), |t| {
             let not_sampled = SpanContext::new(trace, caller, TraceFlags::default(), true, TraceState::NONE);
-            let span = tracing::info_span!("receive");
-            set_remote_parent(&span, &not_sampled);
-            unsampled = context_of(&span);
+            let mut span = t.root("receive", SpanKind::Consumer);
+            span.set_remote_parent(&not_sampled);
+            span.fill(|_| filled = true);
+            unsampled = span.context().cloned();
         });
         assert!(spans.is_empty(), "the caller did not sample the trace");
+        assert!(!filled, "an unsampled span's attributes are not built");
         let unsampled = unsampled.expect("ids exist for propagation");
         assert_eq!(unsampled.trace_id(), trace);
         assert!(!unsampled.is_sampled());
@@ -399,16 +427,14 @@ mod tests {
         let caller = SpanId::from_hex("00f067aa0ba902b7").unwrap();
         let unsampled = SpanContext::new(trace, caller, TraceFlags::default(), true, TraceState::NONE);
         let sampled = SpanContext::new(trace, caller, TraceFlags::SAMPLED, true, TraceState::NONE);
-        let spans = exported(Sampler::AlwaysOn, || {
-            let span = tracing::info_span!("receive");
-            set_remote_parent(&span, &unsampled);
+        let spans = exported(Sampler::AlwaysOn, |t| {
+            t.root("receive", SpanKind::Consumer).set_remote_parent(&unsampled);
         });
         assert_eq!(spans.len(), 1, "always_on samples whatever the caller decided");
         assert_eq!(spans[0].span_context.trace_id(), trace);
         assert_eq!(spans[0].parent_span_id, caller);
-        let spans = exported(Sampler::AlwaysOff, || {
-            let span = tracing::info_span!("receive");
-            set_remote_parent(&span, &sampled);
+        let spans = exported(Sampler::AlwaysOff, |t| {
+            t.root("receive", SpanKind::Consumer).set_remote_parent(&sampled);
         });
         assert!(spans.is_empty(), "always_off drops whatever the caller decided");
     }
@@ -416,9 +442,8 @@ mod tests {
     #[test]
     fn an_unsampled_root_has_ids_but_is_not_exported() {
         let mut cx = None;
-        let spans = exported(Sampler::TraceIdRatioBased(0.0), || {
-            let span = tracing::info_span!("receive");
-            cx = context_of(&span);
+        let spans = exported(Sampler::TraceIdRatioBased(0.0), |t| {
+            cx = t.root("receive", SpanKind::Consumer).context().cloned();
         });
         assert!(spans.is_empty());
         let cx = cx.unwrap();
@@ -436,8 +461,17 @@ mod tests {
     }
 
     #[test]
-    fn no_context_without_the_layer() {
-        let span = tracing::info_span!("receive");
-        assert!(context_of(&span).is_none());
+    fn none_is_inert() {
+        let mut span = Span::none();
+        let mut filled = false;
+        span.fill(|_| filled = true);
+        span.set_remote_parent(&SpanContext::new(
+            TraceId::from(1u128),
+            SpanId::from(1u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        ));
+        assert!(!filled && span.context().is_none() && span.child("c", SpanKind::Internal).context().is_none());
     }
 }

@@ -38,10 +38,9 @@ pub async fn ingest(
     for event in events {
         state.dispatcher.metrics().received("http");
         let span = crate::telemetry::receive_span("http", "http", &event);
-        let _entered = span.enter();
         let id = event.id.clone();
         let (delivery, _ack) = Delivery::new(event);
-        match state.dispatcher.try_dispatch(delivery) {
+        match state.dispatcher.try_dispatch_traced(delivery, span) {
             Ok(()) => accepted.push(id),
             Err(e @ DispatchError::Saturated { .. }) if !accepted.is_empty() => {
                 // Earlier events of the batch are accepted and will run; say which.

@@ -21,7 +21,7 @@ pub fn invocation() -> Invocation {
         deadline: None,
         traceparent: String::new(),
         progress: Arc::new(Progress::default()),
-        parent_span: tracing::Span::none(),
+        parent: switchyard_dispatcher::spans::Parent::default(),
     }
 }
 

@@ -38,9 +38,8 @@ pub struct Invocation {
     /// Shared across attempts: how many were made and when the first started.
     pub progress: Arc<Progress>,
     /// The span each attempt's span is a child of (a delivery's route span, or the `invoke` or
-    /// `replay` span; disabled when spans are not exported). Attempt spans name it as their parent instead of it being entered on every
-    /// poll of the invocation: each enter and exit costs a lookup and a clock read.
-    pub parent_span: tracing::Span,
+    /// `replay` span); makes no spans when spans are not exported.
+    pub parent: crate::spans::Parent,
 }
 
 /// Attempt bookkeeping shared by every attempt of one invocation.

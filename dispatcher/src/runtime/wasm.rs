@@ -545,7 +545,7 @@ mod tests {
             deadline: None,
             traceparent: String::new(),
             progress: Arc::new(Progress::default()),
-            parent_span: tracing::Span::none(),
+            parent: crate::spans::Parent::default(),
         }
     }
 

@@ -1,10 +1,11 @@
-//! One tracing span per attempt, carrying the function (`faas.invoked_name`), trigger, attempt number
+//! One span per attempt (`crate::spans`), carrying the function (`faas.invoked_name`), trigger, attempt number
 //! and record id (the event's id is on the receive span of the same trace); the attempt is counted in
 //! the invocation's shared progress.
 
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use opentelemetry::trace::{SpanKind, Status};
 use tower::{Layer, Service};
 
 use crate::runtime::{Invocation, InvokeError};
@@ -42,30 +43,31 @@ where
 
     fn call(&mut self, mut inv: Invocation) -> Self::Future {
         inv.attempt = inv.progress.begin_attempt();
-        // OpenTelemetry FaaS conventions (a client span invoking a function). Its parent (the
-        // delivery's span) is given explicitly, and neither span is entered on each poll: with export
-        // on, every enter and exit is a span lookup and a clock read. It ends when the attempt does.
-        let span = tracing::debug_span!(
-            parent: &inv.parent_span,
-            "attempt",
-            otel.name = %format_args!("invoke {}", inv.function),
-            otel.kind = "client",
-            faas.invoked_name = &*inv.function,
-            faas.invoked_provider = "other",
-            faas.trigger = "pubsub",
-            trigger = &*inv.trigger,
-            attempt = inv.attempt,
-            record_id = %inv.record_id,
-        );
+        // OpenTelemetry FaaS conventions: a client span invoking a function, a child of the delivery's
+        // route span, ending when the attempt does (see `crate::spans`; none when export is off).
+        let mut span = inv.parent.child("attempt", SpanKind::Client);
+        span.fill(|f| {
+            f.name(format!("invoke {}", inv.function))
+                .attr("faas.invoked_name", std::sync::Arc::clone(&inv.function))
+                .attr("faas.invoked_provider", "other")
+                .attr("faas.trigger", "pubsub")
+                .attr("trigger", std::sync::Arc::clone(&inv.trigger))
+                .attr("attempt", i64::from(inv.attempt))
+                .attr("record_id", inv.record_id.to_string());
+        });
         // When spans are exported, the function's traceparent names this attempt's span.
-        if let Some(sc) = crate::spans::context_of(&span) {
-            inv.traceparent = crate::spans::traceparent(&sc);
+        if let Some(sc) = span.context() {
+            inv.traceparent = crate::spans::traceparent(sc);
         }
+        let (function, attempt, record) = (std::sync::Arc::clone(&inv.function), inv.attempt, inv.record_id);
         let fut = self.inner.call(inv);
         Box::pin(async move {
             let result = fut.await;
             if let Err(e) = &result {
-                tracing::debug!(parent: &span, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
+                tracing::debug!(%function, attempt, %record, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
+                span.fill(|f| {
+                    f.status(Status::error(e.message.clone()));
+                });
             }
             drop(span); // the attempt is over
             result
