@@ -1,6 +1,6 @@
 //! Logs and traces: the `tracing` subscriber (text or JSON logs on stderr, filtered by `RUST_LOG`) and,
 //! when an OTLP endpoint is configured, the span tracer ([`switchyard_dispatcher::spans`]) feeding the
-//! OpenTelemetry SDK's batch span processor and Switchyard's OTLP/HTTP exporter ([`crate::otlp`]).
+//! queue Switchyard's OTLP/HTTP export thread sends from ([`crate::otlp`]).
 //!
 //! The two are separate: logs go through `tracing`, while each message's spans (receive, route,
 //! attempt, record write) are built by `spans` directly. With export off no tracer is installed and
@@ -9,20 +9,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SpanProcessor};
+use opentelemetry_sdk::trace::Sampler;
 use opentelemetry_sdk::Resource;
-use switchyard_dispatcher::spans::{self, Span, Tracer};
+use switchyard_dispatcher::spans::{self, Queue, Span, Tracer};
 use switchyard_schemas::config::TelemetryConfig;
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::otlp::{self, OtlpConfig, OtlpExporter};
+use crate::otlp::{self, BatchConfig, OtlpConfig, OtlpExporter};
 
 /// How logs are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +33,7 @@ pub enum LogFormat {
 /// The running exporter; flushes on [`Telemetry::shutdown`].
 #[derive(Debug, Default)]
 pub struct Telemetry {
-    processor: Option<Arc<dyn SpanProcessor>>,
+    sender: Option<otlp::Sender>,
     /// How long the last flush may take: one export request's timeout, and a little more.
     flush_timeout: Duration,
 }
@@ -44,35 +41,36 @@ pub struct Telemetry {
 impl Telemetry {
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
-        self.processor.is_some()
+        self.sender.is_some()
     }
 
-    /// Exports what is buffered and stops the exporter.
+    /// Exports what is waiting and stops the exporter.
     pub fn shutdown(self) {
-        if let Some(p) = self.processor {
-            if let Err(e) = p.shutdown_with_timeout(self.flush_timeout) {
-                eprintln!("switchyard: trace export did not flush: {e}");
+        if let Some(s) = self.sender {
+            if !s.shutdown(self.flush_timeout) {
+                eprintln!("switchyard: trace export did not flush within {:?}", self.flush_timeout);
             }
         }
     }
 }
 
-/// Where finished spans go, and how new traces are sampled.
-#[derive(Debug, Clone)]
+/// Span export, running: where finished spans go, and how new traces are sampled.
+#[derive(Debug)]
 pub struct Export {
     /// One export request's timeout.
     pub timeout: Duration,
-    /// Takes each finished span (the batch processor over the OTLP exporter in `serve`).
-    pub processor: Arc<dyn SpanProcessor>,
+    /// The queue finished spans wait in.
+    pub queue: Arc<Queue>,
     /// Decides for each trace that starts here, and, unless it is parent-based (the default), also for
     /// traces that arrive with a `traceparent` (see [`sampler`]).
     pub sampler: Sampler,
+    sender: otlp::Sender,
 }
 
 impl Export {
     /// The span tracer over this export (see [`switchyard_dispatcher::spans::install`]).
     pub fn tracer(&self) -> Tracer {
-        Tracer::new(Arc::clone(&self.processor), self.sampler.clone())
+        Tracer::new(Arc::clone(&self.queue), self.sampler.clone())
     }
 }
 
@@ -89,18 +87,22 @@ pub fn otlp_config(config: &TelemetryConfig) -> Result<Option<OtlpConfig>, Strin
         .map_err(|e| format!("telemetry: {e}"))
 }
 
-/// Span export to `otlp` (see [`otlp_config`]) over OTLP/HTTP in batches: the SDK's batch processor,
-/// which reads the standard `OTEL_BSP_*` variables, over [`otlp::OtlpExporter`]; sampled and named as
+/// Span export to `otlp` (see [`otlp_config`]) over OTLP/HTTP in batches, as the standard `OTEL_BSP_*`
+/// variables say ([`BatchConfig`]), from a thread of its own (started here); sampled and named as
 /// `config` and the standard variables say.
 ///
 /// # Errors
-/// A setting that cannot be used (the sampler), or an HTTP client that cannot be built.
+/// A setting that cannot be used (the sampler, a batching variable), or an HTTP client or thread that
+/// cannot be started.
 pub fn export(config: &TelemetryConfig, otlp: &OtlpConfig) -> Result<Export, String> {
-    let exporter = OtlpExporter::new(otlp)?;
-    let sampler = sampler(config.sample_ratio, |name| std::env::var(name).ok())?;
-    let mut processor = BatchSpanProcessor::builder(exporter).build();
-    processor.set_resource(&resource(config.service_name.as_deref()));
-    Ok(Export { timeout: otlp.timeout, processor: Arc::new(processor), sampler })
+    let env = |name: &str| std::env::var(name).ok();
+    let sampler = sampler(config.sample_ratio, env)?;
+    let batching = BatchConfig::from_env(env).map_err(|e| format!("telemetry: {e}"))?;
+    let timeout = otlp.timeout.min(batching.export_timeout);
+    let exporter = OtlpExporter::new(otlp, timeout, &resource(config.service_name.as_deref()))?;
+    let queue = Arc::new(Queue::new(batching.max_queue_size, batching.max_export_batch_size));
+    let sender = otlp::start(exporter, Arc::clone(&queue), &batching)?;
+    Ok(Export { timeout, queue, sampler, sender })
 }
 
 /// The sampler for traces that start here: the config file's `sample_ratio` (parent-based: a
@@ -170,16 +172,15 @@ pub fn init(format: LogFormat, telemetry: Option<&TelemetryConfig>) -> Result<Te
     };
     subscriber(format, filter, std::io::stderr).init();
     log_panics();
-    if let Some(e) = &export {
+    let mut telemetry = Telemetry::default();
+    if let Some(e) = export {
         spans::install(e.tracer()).map_err(str::to_owned)?;
+        telemetry = Telemetry { flush_timeout: e.timeout + Duration::from_secs(1), sender: Some(e.sender) };
     }
     if let Some(url) = url {
         tracing::info!(%url, "exporting traces over OTLP/HTTP");
     }
-    Ok(Telemetry {
-        flush_timeout: export.as_ref().map_or(Duration::ZERO, |e| e.timeout + Duration::from_secs(1)),
-        processor: export.map(|e| e.processor),
-    })
+    Ok(telemetry)
 }
 
 /// The subscriber [`init`] installs: logs to `writer` in `format` filtered by `filter`.
@@ -214,34 +215,6 @@ fn log_panics() {
     }));
 }
 
-/// The OpenTelemetry context a W3C `traceparent` (and `tracestate`) value names: the parent of the
-/// receive span, so a message's trace continues.
-pub fn remote_parent(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
-    TraceContextPropagator::new().extract(&TraceHeaders { traceparent, tracestate })
-}
-
-/// The two trace-context values of a message, read in place.
-struct TraceHeaders<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
-}
-
-impl opentelemetry::propagation::Extractor for TraceHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            "traceparent" => Some(self.traceparent),
-            "tracestate" => self.tracestate,
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        let mut keys = vec!["traceparent"];
-        keys.extend(self.tracestate.map(|_| "tracestate"));
-        keys
-    }
-}
-
 /// The span of one message arriving from a source (OpenTelemetry messaging conventions), continuing
 /// the trace its `traceparent` extension names; [`Span::none`] when export is off.
 pub fn receive_span(system: &'static str, source: &str, event: &switchyard_schemas::CloudEvent) -> Span {
@@ -264,18 +237,19 @@ fn receive_span_of(
             Some(ExtensionValue::String(s)) => Some(s.as_str()),
             _ => None,
         };
-        span.set_remote_parent(remote_parent(tp, state).span().span_context());
+        if let Some(parent) = spans::parse_traceparent(tp, state) {
+            span.set_remote_parent(&parent);
+        }
     }
     span.fill(|f| {
-        let id: Arc<str> = Arc::from(event.id.as_str());
-        f.name(format!("{source} receive"))
+        f.name(&[source, " receive"])
             .attr("messaging.system", system)
-            .attr("messaging.destination.name", source.to_owned())
+            .attr("messaging.destination.name", source)
             .attr("messaging.operation.type", "receive")
-            .attr("messaging.message.id", Arc::clone(&id))
-            .attr("cloudevents.event_id", id)
-            .attr("cloudevents.event_source", event.source.clone())
-            .attr("cloudevents.event_type", event.ty.clone());
+            .attr("messaging.message.id", event.id.as_str())
+            .attr("cloudevents.event_id", event.id.as_str())
+            .attr("cloudevents.event_source", event.source.as_str())
+            .attr("cloudevents.event_type", event.ty.as_str());
     });
     span
 }
@@ -285,18 +259,17 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use opentelemetry::trace::{TraceContextExt as _, TraceId};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SimpleSpanProcessor};
+    use opentelemetry::trace::TraceId;
+    use opentelemetry_sdk::trace::Sampler;
+    use switchyard_dispatcher::spans::{Queue, Tracer};
 
     #[test]
     fn the_receive_span_continues_the_message_trace() {
-        let exporter = InMemorySpanExporter::default();
-        let export = super::Export {
-            timeout: std::time::Duration::from_secs(1),
-            processor: Arc::new(SimpleSpanProcessor::new(exporter.clone())),
-            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        };
-        let tracer = Arc::new(export.tracer());
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        use opentelemetry_proto::tonic::trace::v1::ScopeSpans;
+        use prost::Message as _;
+        let queue = Arc::new(Queue::new(100, 100));
+        let tracer = Arc::new(Tracer::new(Arc::clone(&queue), Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
         let event: switchyard_schemas::CloudEvent = serde_json::from_value(serde_json::json!({
             "specversion": "1.0", "id": "e-1", "source": "/t", "type": "t",
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -308,16 +281,16 @@ mod tests {
         let route = receive.child("route", opentelemetry::trace::SpanKind::Internal);
         assert_eq!(route.context().map(|c| c.trace_id()), Some(cx.trace_id()), "a child is in the trace");
         drop((route, receive));
-        let spans = exporter.get_finished_spans().unwrap();
+        let spans = ScopeSpans::decode(queue.take_all().bytes.as_slice()).unwrap().spans;
         assert_eq!(spans.len(), 2, "receive and route are exported");
         let receive = spans.iter().find(|s| s.name == "bus receive").expect("the receive span is named");
-        assert_eq!(receive.parent_span_id.to_string(), "00f067aa0ba902b7");
-        assert!(receive.parent_span_is_remote);
-        let attr = |k: &str| receive.attributes.iter().find(|kv| kv.key.as_str() == k).map(|kv| kv.value.to_string());
-        assert_eq!(attr("messaging.system").as_deref(), Some("nats"));
-        assert_eq!(attr("cloudevents.event_id").as_deref(), Some("e-1"));
-        let remote = super::remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
-        assert!(remote.span().span_context().is_remote());
+        assert_eq!(receive.parent_span_id, 0x00f0_67aa_0ba9_02b7_u64.to_be_bytes());
+        assert_eq!(receive.flags & 0x200, 0x200, "the parent is remote");
+        let attr = |k: &str| {
+            receive.attributes.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+        };
+        assert_eq!(attr("messaging.system"), Some(Any::StringValue("nats".into())));
+        assert_eq!(attr("cloudevents.event_id"), Some(Any::StringValue("e-1".into())));
         assert!(super::receive_span("nats", "bus", &event).context().is_none(), "no tracer installed: no span");
     }
 

@@ -1,7 +1,7 @@
 //! Span export from a real `switchyard serve` process over OTLP/HTTP: an event carrying a
 //! `traceparent` is handled, the process is stopped with SIGTERM, and the OTLP endpoint has received,
 //! as protobuf that `opentelemetry-proto` decodes, the receive, route, attempt and record-write spans of
-//! that trace, under the configured service name. The batch processor's schedule is set far out
+//! that trace, under the configured service name. The export thread's schedule is set far out
 //! (`OTEL_BSP_SCHEDULE_DELAY`), so the spans can only have been sent by the final flush at shutdown:
 //! nothing buffered is lost when the process stops.
 

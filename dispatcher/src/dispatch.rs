@@ -428,7 +428,7 @@ impl Dispatcher {
             None => Span::root("route", SpanKind::Internal),
         };
         span.fill(|f| {
-            f.attr("event_type", delivery.event.ty.clone())
+            f.attr("event_type", delivery.event.ty.as_str())
                 .attr("triggers", i64::try_from(matched.len()).unwrap_or(i64::MAX));
         });
         // Places in the triggers' ordered lanes are taken now, in the order deliveries arrive.
@@ -579,7 +579,7 @@ impl Dispatcher {
         let policy = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
         let mut span = Span::root("invoke", SpanKind::Internal);
         span.fill(|f| {
-            f.attr("function", function.to_owned()).attr("event_id", event.id.clone());
+            f.attr("function", function).attr("event_id", event.id.as_str());
         });
         // Run on the tracker so a client that hangs up does not cancel the invocation mid-way.
         let handle = self.inner.tracker.spawn(async move {
@@ -634,7 +634,8 @@ impl Dispatcher {
         let original_trigger = original.trigger.clone();
         let mut span = Span::root("replay", SpanKind::Internal);
         span.fill(|f| {
-            f.attr("record", original_id.to_string()).attr("function", entry.config.name.clone());
+            let mut id = Uuid::encode_buffer();
+            f.attr("record", &*original_id.hyphenated().encode_lower(&mut id)).attr("function", &entry.config.name);
         });
         let handle = self.inner.tracker.spawn(async move {
             let direct = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
@@ -767,7 +768,10 @@ impl Dispatcher {
         }
         let mut span = parent.child("record", SpanKind::Internal);
         span.fill(|f| {
-            f.name("record write").attr("record_id", record.id.to_string()).attr("status", record.status.as_str());
+            let mut id = Uuid::encode_buffer();
+            f.name(&["record write"])
+                .attr("record_id", &*record.id.hyphenated().encode_lower(&mut id))
+                .attr("status", record.status.as_str());
         });
         let written = self.inner.writer.write(record).await;
         drop(span); // the record is durable (or could not be made so)

@@ -5,7 +5,7 @@
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::SpanKind;
 use tower::{Layer, Service};
 
 use crate::runtime::{Invocation, InvokeError};
@@ -47,13 +47,14 @@ where
         // route span, ending when the attempt does (see `crate::spans`; none when export is off).
         let mut span = inv.parent.child("attempt", SpanKind::Client);
         span.fill(|f| {
-            f.name(format!("invoke {}", inv.function))
-                .attr("faas.invoked_name", std::sync::Arc::clone(&inv.function))
+            let mut id = uuid::Uuid::encode_buffer();
+            f.name(&["invoke ", &inv.function])
+                .attr("faas.invoked_name", &*inv.function)
                 .attr("faas.invoked_provider", "other")
                 .attr("faas.trigger", "pubsub")
-                .attr("trigger", std::sync::Arc::clone(&inv.trigger))
+                .attr("trigger", &*inv.trigger)
                 .attr("attempt", i64::from(inv.attempt))
-                .attr("record_id", inv.record_id.to_string());
+                .attr("record_id", &*inv.record_id.hyphenated().encode_lower(&mut id));
         });
         // When spans are exported, the function's traceparent names this attempt's span.
         if let Some(sc) = span.context() {
@@ -66,7 +67,7 @@ where
             if let Err(e) = &result {
                 tracing::debug!(%function, attempt, %record, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
                 span.fill(|f| {
-                    f.status(Status::error(e.message.clone()));
+                    f.error(&e.message);
                 });
             }
             drop(span); // the attempt is over
