@@ -315,6 +315,7 @@ pub fn start(exporter: OtlpExporter, queue: Arc<Queue>, config: &BatchConfig) ->
                 let taken = q.wait(next);
                 if taken.batch.spans > 0 {
                     let _ = exporter.send(&taken.batch.bytes);
+                    q.recycle(taken.batch.bytes);
                 }
                 dropped += q.take_dropped();
                 if dropped > 0 && due(dropped_warned) {

@@ -21,6 +21,9 @@ struct Pending {
     /// Where each span ends in `bytes`.
     ends: Vec<usize>,
     dropped: u64,
+    /// A buffer the exporter gave back ([`Queue::recycle`]), so `bytes` does not grow from nothing
+    /// (reallocating and copying as it goes) after each batch is taken.
+    spare: Option<Vec<u8>>,
     closed: bool,
     /// The exporter was woken for a full batch and has not taken it yet.
     woken: bool,
@@ -92,7 +95,8 @@ impl Queue {
             Batch::default()
         } else if n == p.ends.len() {
             p.ends.clear();
-            Batch { spans: n, bytes: std::mem::take(&mut p.bytes) }
+            let fresh = p.spare.take().unwrap_or_default();
+            Batch { spans: n, bytes: std::mem::replace(&mut p.bytes, fresh) }
         } else {
             let cut = p.ends[n - 1];
             let bytes = p.bytes.drain(..cut).collect();
@@ -104,6 +108,15 @@ impl Queue {
         };
         p.woken = p.ends.len() >= self.batch;
         Taken { batch, rest: p.ends.len(), closed: p.closed }
+    }
+
+    /// Gives a batch's buffer back once it has been sent, for the spans to come.
+    pub fn recycle(&self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        let mut p = self.lock();
+        if p.spare.is_none() {
+            p.spare = Some(bytes);
+        }
     }
 
     /// Takes every span waiting, without waiting.
@@ -143,8 +156,14 @@ mod tests {
         assert_eq!((t.batch.spans, t.batch.bytes.as_slice(), t.rest), (2, &[0, 0, 0, 1, 1, 1][..], 3));
         let t = q.wait(Instant::now() + Duration::from_secs(60));
         assert_eq!((t.batch.spans, t.batch.bytes.as_slice(), t.rest), (2, &[2, 2, 2, 3, 3, 3][..], 1));
+        let capacity = t.batch.bytes.capacity();
+        q.recycle(t.batch.bytes);
         let t = q.wait(Instant::now());
         assert_eq!((t.batch.spans, t.rest, t.closed), (1, 0, false), "the timer takes what is left");
+        q.push(|b| b.push(4));
+        let t = q.wait(Instant::now());
+        assert_eq!(t.batch.bytes, [4], "a recycled buffer holds only new spans");
+        assert!(t.batch.bytes.capacity() >= capacity, "the recycled buffer is used");
         q.close();
         let t = q.wait(Instant::now() + Duration::from_secs(60));
         assert!(t.closed && t.batch.spans == 0, "a closed queue does not wait");

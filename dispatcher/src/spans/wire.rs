@@ -194,6 +194,19 @@ impl From<f64> for Scalar<'_> {
 /// A `KeyValue` message with a scalar value, as field `field` of its parent.
 #[inline]
 pub fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: Scalar<'_>) {
+    // The common case, a short key and a short string value: every tag and length is one byte.
+    if let Scalar::Str(s) = value {
+        let value_len = 2 + s.len();
+        let kv_len = 2 + key.len() + 2 + value_len;
+        if field < 16 && !key.is_empty() && kv_len < 128 {
+            buf.reserve(2 + kv_len);
+            buf.extend_from_slice(&[(field << 3 | LEN) as u8, kv_len as u8, 0x0a, key.len() as u8]);
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(&[0x12, value_len as u8, 0x0a, s.len() as u8]);
+            buf.extend_from_slice(s.as_bytes());
+            return;
+        }
+    }
     let key_len = if key.is_empty() { 0 } else { 1 + varint_len(key.len() as u64) + key.len() };
     let value_len = value.encoded_len();
     tag(buf, field, LEN);
@@ -202,4 +215,31 @@ pub fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: Scalar<'_>) {
     tag(buf, 2, LEN);
     varint(buf, value_len as u64);
     value.put(buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{key_value, Scalar};
+
+    /// The short-string fast path writes what the general encoding would.
+    #[test]
+    fn short_and_long_key_values_encode_alike() {
+        fn general(field: u32, key: &str, s: &str) -> Vec<u8> {
+            let mut b = Vec::new();
+            super::tag(&mut b, field, super::LEN);
+            let value_len = Scalar::Str(s).encoded_len();
+            let key_len = 1 + super::varint_len(key.len() as u64) + key.len();
+            super::varint(&mut b, (key_len + 1 + super::varint_len(value_len as u64) + value_len) as u64);
+            super::string_field(&mut b, 1, key);
+            super::tag(&mut b, 2, super::LEN);
+            super::varint(&mut b, value_len as u64);
+            Scalar::Str(s).put(&mut b);
+            b
+        }
+        for (key, s) in [("k", ""), ("messaging.system", "nats"), ("k", &"x".repeat(119)), ("k", &"x".repeat(500))] {
+            let mut fast = Vec::new();
+            key_value(&mut fast, 9, key, Scalar::Str(s));
+            assert_eq!(fast, general(9, key, s), "{key}={} bytes", s.len());
+        }
+    }
 }
