@@ -328,6 +328,12 @@ pub fn start(exporter: OtlpExporter, queue: Arc<Queue>, config: &BatchConfig) ->
                 }
                 if taken.rest == 0 {
                     if taken.closed {
+                        if dropped > 0 {
+                            tracing::warn!(
+                                dropped_spans = dropped,
+                                "the span queue was full (OTEL_BSP_MAX_QUEUE_SIZE); those spans were not exported"
+                            );
+                        }
                         break;
                     }
                     if Instant::now() >= next {

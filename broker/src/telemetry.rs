@@ -227,19 +227,12 @@ fn receive_span_of(
     source: &str,
     event: &switchyard_schemas::CloudEvent,
 ) -> Span {
-    use switchyard_schemas::ExtensionValue;
     // A root, whatever the source's task is doing: every message starts its own trace unless its
     // `traceparent` names one.
     let kind = if system == "http" { SpanKind::Server } else { SpanKind::Consumer };
     let mut span = tracer.root("receive", kind);
-    if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
-        let state = match event.extensions.get("tracestate") {
-            Some(ExtensionValue::String(s)) => Some(s.as_str()),
-            _ => None,
-        };
-        if let Some(parent) = spans::parse_traceparent(tp, state) {
-            span.set_remote_parent(&parent);
-        }
+    if let Some(parent) = spans::parent_of(event) {
+        span.set_remote_parent(&parent);
     }
     span.fill(|f| {
         f.name(&[source, " receive"])

@@ -577,7 +577,7 @@ impl Dispatcher {
         self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         let policy = DeliveryPolicy { retries: 0, ..DeliveryPolicy::default() };
-        let mut span = Span::root("invoke", SpanKind::Internal);
+        let mut span = root_for("invoke", &event);
         span.fill(|f| {
             f.attr("function", function).attr("event_id", event.id.as_str());
         });
@@ -632,7 +632,7 @@ impl Dispatcher {
         let this = self.clone();
         let original_id = original.id;
         let original_trigger = original.trigger.clone();
-        let mut span = Span::root("replay", SpanKind::Internal);
+        let mut span = root_for("replay", &event);
         span.fill(|f| {
             let mut id = Uuid::encode_buffer();
             f.attr("record", &*original_id.hyphenated().encode_lower(&mut id)).attr("function", &entry.config.name);
@@ -1156,6 +1156,18 @@ fn non_empty(text: &str, cap: usize) -> Option<String> {
     }
     let c = Captured::new(text.as_bytes(), cap);
     Some(if c.truncated { c.body + "\n[logs cut]" } else { c.body })
+}
+
+/// The first span of work that starts here (`invoke`, `replay`) rather than at a source: it continues
+/// the event's own `traceparent` when it has one, so its spans and its record name the same trace.
+fn root_for(name: &'static str, event: &CloudEvent) -> Span {
+    let mut span = Span::root(name, SpanKind::Internal);
+    if span.context().is_some() {
+        if let Some(parent) = crate::spans::parent_of(event) {
+            span.set_remote_parent(&parent);
+        }
+    }
+    span
 }
 
 /// Why a matched trigger's invocation does not run.

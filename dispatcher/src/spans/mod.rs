@@ -343,6 +343,18 @@ impl Fill<'_> {
     }
 }
 
+/// The context an event's `traceparent` extension (CloudEvents distributed tracing, with its
+/// `tracestate`) names: the remote parent of the spans that start with the event.
+pub fn parent_of(event: &switchyard_schemas::CloudEvent) -> Option<SpanContext> {
+    use switchyard_schemas::ExtensionValue;
+    let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") else { return None };
+    let state = match event.extensions.get("tracestate") {
+        Some(ExtensionValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    parse_traceparent(tp, state)
+}
+
 /// The span context a W3C `traceparent` value names (and its `tracestate`), remote to this process;
 /// `None` when the value is not a valid one (version `ff`, ids of zeros, wrong lengths or characters).
 pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
@@ -598,6 +610,20 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad, None).is_none(), "{bad:?} is not a traceparent");
         }
+    }
+
+    #[test]
+    fn an_events_traceparent_extension_is_its_parent() {
+        let mut event = switchyard_schemas::CloudEvent::new("1", "/s", "t");
+        assert!(super::parent_of(&event).is_none());
+        let ext = |v: &str| switchyard_schemas::ExtensionValue::String(v.to_owned());
+        event.extensions.insert("traceparent".into(), ext("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        event.extensions.insert("tracestate".into(), ext("k=v"));
+        let cx = super::parent_of(&event).expect("a valid traceparent");
+        assert_eq!(cx.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+        assert_eq!(cx.trace_state().get("k"), Some("v"));
+        event.extensions.insert("traceparent".into(), ext("garbage"));
+        assert!(super::parent_of(&event).is_none());
     }
 
     #[test]

@@ -60,12 +60,16 @@ where
         if let Some(sc) = span.context() {
             inv.traceparent = crate::spans::traceparent(sc);
         }
-        let (function, attempt, record) = (std::sync::Arc::clone(&inv.function), inv.attempt, inv.record_id);
+        // What the failure's debug line names, kept only when that line can be logged.
+        let who = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (std::sync::Arc::clone(&inv.function), inv.attempt, inv.record_id));
         let fut = self.inner.call(inv);
         Box::pin(async move {
             let result = fut.await;
             if let Err(e) = &result {
-                tracing::debug!(%function, attempt, %record, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
+                if let Some((function, attempt, record)) = &who {
+                    tracing::debug!(%function, attempt, %record, kind = %e.kind, retryable = e.is_retryable(), error = %e.message, "attempt failed");
+                }
                 span.fill(|f| {
                     f.error(&e.message);
                 });
