@@ -1,5 +1,6 @@
-//! The `switchyard` binary: `validate` exit codes and messages, and `serve` draining in-flight work
-//! on SIGTERM before exiting 0, with `invoke`, `events` and `sources` talking to it.
+//! The `switchyard` binary: `validate` exit codes and messages, `serve` refusing unusable telemetry
+//! settings, and `serve` draining in-flight work on SIGTERM before exiting 0, with `invoke`, `events`
+//! and `sources` talking to it.
 
 mod common;
 
@@ -34,6 +35,51 @@ fn validate_accepts_the_quickstart_and_rejects_bad_files_with_64() {
     let out = bin().args(["validate", "-c", "/nonexistent.yaml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml: cannot read"));
+}
+
+#[test]
+fn serve_refuses_unusable_telemetry_settings_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store: sqlite://{}/records.db\nserver: {{bind: '127.0.0.1:0'}}\nfunctions:\n  - {{name: f, runtime: http, url: 'http://127.0.0.1:1/'}}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    for (var, value) in [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ("OTEL_TRACES_SAMPLER", "bogus"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ] {
+        let mut cmd = bin();
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .args(["serve", "-c", cfg.to_str().unwrap()])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+            .env(var, value)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A setting that were accepted would leave `serve` running: fail instead of hanging.
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        let Ok(out) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("serve started with {var}={value}");
+        };
+        let out = out.unwrap();
+        let (status, err) = (out.status, String::from_utf8_lossy(&out.stderr).into_owned());
+        assert_eq!(status.code(), Some(64), "{var}={value}: {err}");
+        assert!(err.contains(var), "the error names {var}: {err}");
+    }
 }
 
 #[tokio::test]
