@@ -73,11 +73,6 @@ impl Tracer {
         Self { queue, sampler }
     }
 
-    /// The queue finished spans go to.
-    pub fn queue(&self) -> &Arc<Queue> {
-        &self.queue
-    }
-
     /// A new span starting a new trace, sampled by the tracer's sampler.
     pub fn root(self: &Arc<Self>, name: &'static str, kind: SpanKind) -> Span {
         let trace_id = TraceId::from(rand::random::<u128>().max(1));
@@ -171,11 +166,6 @@ impl Span {
     /// This span's context (trace id, span id, sampled flag); `None` when it is not exported.
     pub fn context(&self) -> Option<&SpanContext> {
         self.0.as_ref().map(|o| &o.context)
-    }
-
-    /// Whether the span will be exported: name, attributes and status are worth filling in.
-    pub fn is_sampled(&self) -> bool {
-        self.0.as_ref().is_some_and(|o| o.context.is_sampled())
     }
 
     /// Runs `f` to name the span and add its attributes and status, only when it is sampled: with
