@@ -230,10 +230,7 @@ fn receive_span_of(
     // A root, whatever the source's task is doing: every message starts its own trace unless its
     // `traceparent` names one.
     let kind = if system == "http" { SpanKind::Server } else { SpanKind::Consumer };
-    let mut span = tracer.root("receive", kind);
-    if let Some(parent) = spans::parent_of(event) {
-        span.set_remote_parent(&parent);
-    }
+    let mut span = tracer.continuing("receive", kind, event);
     span.fill(|f| {
         f.name(&[source, " receive"])
             .attr("messaging.system", system)

@@ -425,7 +425,7 @@ impl Dispatcher {
         let this = self.clone();
         let mut span = match receive.context() {
             Some(_) => receive.child("route", SpanKind::Internal),
-            None => Span::root("route", SpanKind::Internal),
+            None => root_for("route", &delivery.event),
         };
         span.fill(|f| {
             f.attr("event_type", delivery.event.ty.as_str())
@@ -1158,16 +1158,10 @@ fn non_empty(text: &str, cap: usize) -> Option<String> {
     Some(if c.truncated { c.body + "\n[logs cut]" } else { c.body })
 }
 
-/// The first span of work that starts here (`invoke`, `replay`) rather than at a source: it continues
-/// the event's own `traceparent` when it has one, so its spans and its record name the same trace.
+/// The first span of work that has no receive span (`invoke`, `replay`, a delivery dispatched without
+/// one): it continues the event's own `traceparent` when it has one, else starts a trace.
 fn root_for(name: &'static str, event: &CloudEvent) -> Span {
-    let mut span = Span::root(name, SpanKind::Internal);
-    if span.context().is_some() {
-        if let Some(parent) = crate::spans::parent_of(event) {
-            span.set_remote_parent(&parent);
-        }
-    }
-    span
+    crate::spans::installed().map_or(Span::none(), |t| t.continuing(name, SpanKind::Internal, event))
 }
 
 /// Why a matched trigger's invocation does not run.
@@ -1178,10 +1172,15 @@ enum NotRun {
     Skipped(String),
 }
 
-/// The trace id from the event's `traceparent` extension (CloudEvents distributed tracing), else
-/// the trace of `span` (the span the invocation runs under: a delivery's route span, or the `invoke`
-/// or `replay` span) when spans are exported, else a new random one.
+/// The trace id a record names: when spans are exported, the trace of `span` (the span the invocation
+/// runs under: a delivery's route span, or the `invoke` or `replay` span), which already continues a
+/// valid `traceparent` of the event, so the record and its spans always name one trace. Else the
+/// trace id of the event's `traceparent` extension (CloudEvents distributed tracing), read leniently,
+/// else a new random one.
 fn trace_id_of(event: &CloudEvent, span: &Span) -> String {
+    if let Some(cx) = span.context() {
+        return cx.trace_id().to_string();
+    }
     if let Some(ExtensionValue::String(tp)) = event.extensions.get("traceparent") {
         let parts: Vec<&str> = tp.split('-').collect();
         if parts.len() == 4 && parts[1].len() == 32 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1190,11 +1189,6 @@ fn trace_id_of(event: &CloudEvent, span: &Span) -> String {
                 return id;
             }
         }
-    }
-    // No traceparent: that span's trace, so the record and the exported spans share one id. The span
-    // is passed, not taken from `Span::current()`: the tasks that run invocations do not enter it.
-    if let Some(cx) = span.context() {
-        return cx.trace_id().to_string();
     }
     format!("{:032x}", rand::random::<u128>() | 1)
 }

@@ -89,6 +89,23 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// A first span for `event` here: in the trace its `traceparent` extension names ([`parent_of`]),
+    /// else in a new one.
+    pub fn continuing(
+        self: &Arc<Self>,
+        name: &'static str,
+        kind: SpanKind,
+        event: &switchyard_schemas::CloudEvent,
+    ) -> Span {
+        let mut span = self.root(name, kind);
+        if let Some(parent) = parent_of(event) {
+            span.set_remote_parent(&parent);
+        }
+        span
+    }
+}
+
 fn new_span_id() -> SpanId {
     SpanId::from(rand::random::<u64>().max(1))
 }
